@@ -1,0 +1,87 @@
+"""Command-line plumbing shared by the entry points: config flags with clear errors."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from vgssl_jax.config import ConfigError, validate
+
+
+def define_flags():
+  config = config_flags.DEFINE_config_file(
+      "config", None, "Experiment config file, e.g. configs/demo.py; override keys with "
+      "--config.section.key=value.", lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "Folder for logs, metrics and results.")
+  return config, workdir
+
+
+def _config_path(argv: list[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _all_keys(config, prefix="") -> list[str]:
+  keys = []
+  for k, v in config.items():
+    keys.append(prefix + k)
+    if hasattr(v, "items"):
+      keys += _all_keys(v, prefix + k + ".")
+  return keys
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing that turns config mistakes into one clear message, not a traceback."""
+  path = _config_path(argv)
+  if path is None:
+    sys.exit("error: --config is required, e.g. --config=configs/demo.py")
+  if not os.path.isfile(path.split(":")[0]):
+    sys.exit(f"error: config file {path!r} does not exist (run from the repository root, "
+             "configs are in configs/).")
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    # an override of a key that the config does not have
+    config = config_flags.config_flags._LoadConfigModule("config", path.split(":")[0]).get_config()
+    known = _all_keys(config)
+    bad = [a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")]
+    bad = [k for k in bad if k not in known] or [str(e)]
+    hints = {k: difflib.get_close_matches(k, known, n=3) for k in bad}
+    text = "; ".join(f"{k!r}" + (f" (did you mean {', '.join(hints[k])}?)" if hints[k] else "")
+                     for k in bad)
+    sys.exit(f"error: unknown config key {text}. Valid keys are listed in vgssl_jax/config.py.")
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
+
+
+def checked_config(config):
+  try:
+    validate(config)
+  except ConfigError as e:
+    sys.exit(f"error: {e}")
+  return config
+
+
+def setup_logging(workdir: str | None) -> None:
+  logging.getLogger().setLevel(logging.INFO)
+  fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+  handlers = [logging.StreamHandler(sys.stderr)]
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    handlers.append(logging.FileHandler(os.path.join(workdir, "info.log")))
+  root = logging.getLogger()
+  for h in list(root.handlers):
+    root.removeHandler(h)
+  for h in handlers:
+    h.setFormatter(fmt)
+    root.addHandler(h)
+  logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing is not news

@@ -1,0 +1,110 @@
+"""The configuration schema: every key with its default, and checks that run before any
+compilation. Experiment files in configs/ start from `base_config()` and change values.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from data_pipelines import mining, search, synthetic
+from vgssl_jax import methods
+from vgssl_jax.models import heads, resnet
+
+DTYPES = ("float32", "bfloat16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = "vicreg"            # vicreg | bt | simclr
+  c.seed = 0
+  c.num_devices = 0              # devices of the ("data",) mesh; 0 = all visible
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = "resnet50conv5"   # resnet{18,50,101}conv{4,5}
+  c.model.width = 64                   # torchvision: 64; narrow variants for tests/demo
+  c.model.fc_output_dim = 1024         # descriptor size D_g
+  c.model.n_layers = 2                 # projector depth (0..3); 0 = no projector
+  c.model.projection_size = 4096       # projector width P
+  c.model.dtype = "float32"            # compute dtype: float32 | bfloat16
+
+  c.data = ml_collections.ConfigDict()
+  c.data.root = "datasets"             # holds <name>/images/<split>/{database,queries}
+  c.data.name = "msls"
+  c.data.image_size = (480, 640)       # (H, W) hard resize, as the original
+  c.data.num_workers = 0               # grain worker processes (0: threads in this process)
+  c.data.num_threads = 4               # decoding threads per process
+  c.data.synthetic = ml_collections.ConfigDict(
+      {k: v for k, v in synthetic.SyntheticConfig().__dict__.items()})
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 200
+  c.train.batch_size = 64              # pairs per optimizer step (train_batch_size)
+  c.train.lr = 1e-5                    # Adam, constant
+  c.train.queries_per_epoch = 10000
+  c.train.mining = "random"            # GeoPair mining mode
+  c.train.positive_radius = 10.0       # training positives (metres)
+  c.train.negative_radius = 25.0       # soft positives: never used as negatives
+  c.train.random_resized_crop = 0.25   # r of RRC on the query view, scale (1 - r, 1); 0 = off
+  c.train.horizontal_flip = True       # whole-batch flip with p = 0.5
+  c.train.infer_batch_size = 256       # batch of the mining and evaluation forwards
+  c.train.val_every = 10               # validation every N epochs (0 = never)
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.sim_coeff = 25.0              # VICReg
+  c.loss.std_coeff = 25.0
+  c.loss.cov_coeff = 1.0
+  c.loss.lambd = 0.0051                # Barlow Twins
+  c.loss.temperature = 0.07            # SimCLR (hard-coded in the original)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = "test"
+  c.eval.datasets = ""                 # comma-separated names; "" = data.name
+  c.eval.positive_radius = 25.0
+  c.eval.recall_values = (1, 5, 10, 20)
+  c.eval.backend = "device"            # device | faiss
+  c.eval.before = False                # also evaluate the untrained model (the demo does)
+  return c
+
+
+class ConfigError(ValueError):
+  """An impossible or unknown setting."""
+
+
+def _one_of(value, allowed, key):
+  if value not in allowed:
+    raise ConfigError(f"{key}={value!r} is not valid; expected one of {', '.join(map(str, allowed))}"
+                      f" (set it with --config.{key}=...).")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the setting and the fix; runs before anything is compiled."""
+  _one_of(c.method, methods.METHODS, "method")
+  try:
+    resnet.parse_backbone(c.model.backbone)
+    heads.projector_layout(heads.PROJECTOR_FAMILY[c.method], c.model.n_layers)
+  except ValueError as e:
+    raise ConfigError(f"{e} (model.backbone / model.n_layers)") from None
+  _one_of(c.model.dtype, DTYPES, "model.dtype")
+  _one_of(c.train.mining, mining.MINING_MODES, "train.mining")
+  _one_of(c.eval.backend, search.BACKENDS, "eval.backend")
+  for key in ("model.width", "model.fc_output_dim", "model.projection_size", "train.epochs",
+              "train.batch_size", "train.queries_per_epoch", "train.infer_batch_size"):
+    section, name = key.split(".")
+    if int(c[section][name]) <= 0:
+      raise ConfigError(f"{key}={c[section][name]} must be a positive integer.")
+  size = tuple(c.data.image_size)
+  if len(size) != 2 or min(size) < 32:
+    raise ConfigError(f"data.image_size={size} must be (height, width), each >= 32 pixels.")
+  if not 0.0 <= c.train.random_resized_crop < 1.0:
+    raise ConfigError(f"train.random_resized_crop={c.train.random_resized_crop} must be in "
+                      "[0, 1): the crop keeps a (1 - r, 1) fraction of the area.")
+  if c.train.queries_per_epoch < c.train.batch_size:
+    raise ConfigError(f"train.queries_per_epoch={c.train.queries_per_epoch} is smaller than "
+                      f"train.batch_size={c.train.batch_size}: an epoch would have no step.")
+  if c.train.positive_radius > c.train.negative_radius:
+    raise ConfigError("train.positive_radius must not exceed train.negative_radius.")
+
+
+def eval_datasets(c: ml_collections.ConfigDict) -> list[str]:
+  names = [n.strip() for n in str(c.eval.datasets).split(",") if n.strip()]
+  return names or [c.data.name]

@@ -1,0 +1,99 @@
+"""Stage-1 training from a config.
+
+  python -m vgssl_jax.main --config configs/demo.py --workdir runs/demo
+  python -m vgssl_jax.main --config configs/vicreg_msls.py --workdir runs/vicreg \
+      --config.data.root=/data/datasets
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+from absl import app
+
+from vgssl_jax import cli
+
+_CONFIG, _WORKDIR = cli.define_flags()
+
+
+def run(config, workdir: str) -> dict:
+  """Trains and evaluates; returns and writes {"before": ..., "after": ...} to results.json."""
+  import jax  # after flag parsing: XLA settings from the environment are read at import
+
+  from data_pipelines import datasets, loader, synthetic
+  from data_pipelines.places import DatasetError, TrainPlaces
+  from vgssl_jax import evaluation, parallel
+  from vgssl_jax.config import eval_datasets
+  from vgssl_jax.inference import Embedder
+  from vgssl_jax.methods import LossConfig, Method, descriptor_variables
+  from vgssl_jax.models.network import build_model
+  from vgssl_jax.train import Trainer
+
+  start = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=1))
+  mesh = parallel.make_mesh(config.num_devices)
+  parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size")
+  logging.info("mesh: %d %s device(s)", mesh.devices.size, jax.devices()[0].platform)
+
+  dc = config.data
+  synth = synthetic.SyntheticConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                                       for k, v in dc.synthetic.items()})
+  def split(name, which):
+    return datasets.load_split(dc.root, name, which, synth)
+  try:
+    train_places = TrainPlaces.build(split(dc.name, "train"), config.train.positive_radius,
+                                     config.train.negative_radius)
+    val_places = split(dc.name, "val") if config.train.val_every else None
+    eval_sets = {name: split(name, config.eval.split) for name in eval_datasets(config)}
+  except DatasetError as e:
+    sys.exit(f"error: {e}")
+  logging.info("train: %s (%d queries with a %g m positive, %d dropped)", train_places.places,
+               len(train_places.query_ids), config.train.positive_radius, train_places.dropped)
+
+  model = build_model(config.model, config.method)
+  method = Method(config.method, model, LossConfig(**config.loss.to_dict()))
+  options = loader.LoaderOptions(tuple(dc.image_size), dc.num_workers, dc.num_threads)
+  embedder = Embedder(model, mesh, config.train.infer_batch_size, options)
+  trainer = Trainer(config, method, mesh, train_places, workdir, embedder, val_places)
+  state = trainer.init_state()
+
+  def evaluate_all(state):
+    variables = descriptor_variables(state.params, state.batch_stats)
+    return {name: evaluation.evaluate_places(
+        embedder, variables, places, config.eval.positive_radius,
+        tuple(config.eval.recall_values), config.eval.backend)
+            for name, places in eval_sets.items()}
+
+  results = {}
+  if config.eval.before:
+    results["before"] = evaluate_all(state)
+  state = trainer.fit(state)
+  results["after"] = evaluate_all(state)
+  results["seconds"] = time.perf_counter() - start
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=1)
+  table = evaluation.format_table({k: v for k, v in results.items() if k != "seconds"},
+                                  tuple(config.eval.recall_values))
+  print(f"\nRecall@N (%) on the {config.eval.split} split, {results['seconds']:.0f} s in all:\n"
+        f"{table}\nresults: {os.path.join(workdir, 'results.json')}", flush=True)
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  config = cli.checked_config(_CONFIG.value)
+  workdir = _WORKDIR.value or os.path.join("runs", f"{config.method}_{config.data.name}")
+  cli.setup_logging(workdir)
+  run(config, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,125 @@
+"""torchvision-compatible ResNets (v1.5) cut after conv4 or conv5.
+
+Module names map 1:1 onto torchvision's state-dict keys (`conv1`, `bn1`,
+`layer1.0.conv1`, ..., `layer2.0.downsample.0`), so ImageNet weights convert by
+name (see `vgssl_jax.models.torch_names`).
+"""
+
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vgssl_jax.models.layers import BatchNorm, Conv, Dtype
+
+STAGES = {18: ("basic", (2, 2, 2, 2)), 50: ("bottleneck", (3, 4, 6, 3)),
+          101: ("bottleneck", (3, 4, 23, 3))}
+_BACKBONE_RE = re.compile(r"^resnet(18|50|101)conv([45])$")
+
+
+def parse_backbone(name: str) -> tuple[int, int]:
+  """'resnet50conv5' -> (50, 5). Raises ValueError listing the valid names."""
+  match = _BACKBONE_RE.match(name)
+  if not match:
+    valid = ", ".join(f"resnet{d}conv{c}" for d in STAGES for c in (4, 5))
+    raise ValueError(f"unknown backbone {name!r}; expected one of {valid}")
+  return int(match.group(1)), int(match.group(2))
+
+
+class Downsample(nn.Module):
+  features: int
+  stride: int
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = Conv(self.features, 1, self.stride, dtype=self.dtype, name="0")(x)
+    return BatchNorm(dtype=self.dtype, name="1")(x, train)
+
+
+class BasicBlock(nn.Module):
+  planes: int
+  stride: int
+  dtype: Dtype
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, train):
+    identity = x
+    y = Conv(self.planes, 3, self.stride, 1, dtype=self.dtype, name="conv1")(x)
+    y = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(y, train))
+    y = Conv(self.planes, 3, 1, 1, dtype=self.dtype, name="conv2")(y)
+    y = BatchNorm(dtype=self.dtype, name="bn2")(y, train)
+    if self.stride != 1 or x.shape[-1] != self.planes:
+      identity = Downsample(self.planes, self.stride, self.dtype, name="downsample")(x, train)
+    return nn.relu(y + identity)
+
+
+class Bottleneck(nn.Module):
+  """torchvision v1.5 bottleneck: the stride sits on the 3x3 convolution."""
+  planes: int
+  stride: int
+  dtype: Dtype
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, train):
+    identity = x
+    out = self.planes * 4
+    y = Conv(self.planes, 1, dtype=self.dtype, name="conv1")(x)
+    y = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(y, train))
+    y = Conv(self.planes, 3, self.stride, 1, dtype=self.dtype, name="conv2")(y)
+    y = nn.relu(BatchNorm(dtype=self.dtype, name="bn2")(y, train))
+    y = Conv(out, 1, dtype=self.dtype, name="conv3")(y)
+    y = BatchNorm(dtype=self.dtype, name="bn3")(y, train)
+    if self.stride != 1 or x.shape[-1] != out:
+      identity = Downsample(out, self.stride, self.dtype, name="downsample")(x, train)
+    return nn.relu(y + identity)
+
+
+class ResLayer(nn.Module):
+  """torchvision's `layerN`: blocks named '0', '1', ..."""
+  block: type
+  planes: int
+  blocks: int
+  stride: int
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x, train):
+    for i in range(self.blocks):
+      x = self.block(self.planes, self.stride if i == 0 else 1, self.dtype, name=str(i))(x, train)
+    return x
+
+
+class ResNet(nn.Module):
+  """Input: (N, H, W, 3) normalised images. Output: (N, H/s, W/s, C) feature map.
+
+  depth 18/50/101; `last_stage` 4 (stride 16) or 5 (stride 32); `width` is the
+  channel count of the stem and of layer1's planes (64 in torchvision; smaller
+  values give the narrow variants used in tests and the demo).
+  """
+  depth: int = 50
+  last_stage: int = 5
+  width: int = 64
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    kind, blocks = STAGES[self.depth]
+    block = BasicBlock if kind == "basic" else Bottleneck
+    x = Conv(self.width, 7, 2, 3, dtype=self.dtype, name="conv1")(x)
+    x = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(x, train))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    for stage in range(self.last_stage - 1):  # layer1 .. layer3 or layer4
+      x = ResLayer(block, self.width * 2 ** stage, blocks[stage], 1 if stage == 0 else 2,
+                   self.dtype, name=f"layer{stage + 1}")(x, train)
+    return x
+
+  @property
+  def features_dim(self) -> int:
+    kind, _ = STAGES[self.depth]
+    return self.width * 2 ** (self.last_stage - 2) * (1 if kind == "basic" else 4)

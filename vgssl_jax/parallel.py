@@ -1,0 +1,43 @@
+"""The one parallelism path: jit over a 1-D ("data",) mesh of Auto axis type.
+
+The batch is sharded over "data" and the state replicated, so BatchNorm and batch
+losses see the global batch (= the original's SyncBN and all-gather).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """A ("data",) mesh over the first `num_devices` devices (all by default)."""
+  devices = jax.devices()
+  n = len(devices) if not num_devices else num_devices
+  if n > len(devices):
+    raise ValueError(f"the mesh asks for {n} devices but only {len(devices)} are visible "
+                     f"({devices[0].platform}); lower num_devices or run on more devices.")
+  return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=devices[:n])
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P("data"))
+
+
+def shard_batch(batch, mesh: Mesh):
+  """Host-local batch (NumPy pytree, this process's rows) -> global arrays sharded over "data"."""
+  sharding = data_sharded(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      batch)
+
+
+def check_divisible(batch_size: int, mesh: Mesh, what: str) -> None:
+  n = mesh.devices.size
+  if batch_size % n:
+    raise ValueError(f"{what}={batch_size} is not divisible by the {n} devices of the mesh; "
+                     f"use a multiple of {n} (e.g. {max(n, batch_size // n * n)}).")
