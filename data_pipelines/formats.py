@@ -55,12 +55,11 @@ def parse_utms(paths: Sequence[str]) -> np.ndarray:
 
 
 def _format_coord(value: float | None, int_digits: int, decimals: int) -> str:
-  """Zero-padded fixed width, as util.format_coord of VPR-datasets-downloader."""
+  """Zero-padded fixed width including the sign, as util.format_coord of VPR-datasets-downloader
+  (7 integer digits for UTM: 0549678.37; 4 for longitude: -122.43590)."""
   if value is None:
     return ""
-  sign = "-" if value < 0 else ""
-  width = int_digits + (decimals + 1 if decimals else 0)
-  return f"{sign}{abs(value):0{width}.{decimals}f}"
+  return f"{value:0{int_digits + 1 + decimals}.{decimals}f}"
 
 
 def format_name(utm_east: float, utm_north: float, zone_number: int | None = None,

@@ -10,7 +10,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from vgssl_jax.config import ConfigError, validate
+from vgssl_jax.config import validate
+from vgssl_jax.errors import ConfigError
 
 
 def define_flags():

@@ -8,6 +8,7 @@ import ml_collections
 
 from data_pipelines import mining, search, synthetic
 from vgssl_jax import methods
+from vgssl_jax.errors import ConfigError
 from vgssl_jax.models import heads, resnet
 
 DTYPES = ("float32", "bfloat16")
@@ -64,10 +65,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.backend = "device"            # device | faiss
   c.eval.before = False                # also evaluate the untrained model (the demo does)
   return c
-
-
-class ConfigError(ValueError):
-  """An impossible or unknown setting."""
 
 
 def _one_of(value, allowed, key):

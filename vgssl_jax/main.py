@@ -13,26 +13,24 @@ import os
 import sys
 import time
 
+import jax
 from absl import app
 
-from vgssl_jax import cli
+from data_pipelines import datasets, loader, synthetic
+from data_pipelines.places import TrainPlaces
+from vgssl_jax import cli, evaluation, parallel
+from vgssl_jax.config import eval_datasets
+from vgssl_jax.errors import USER_ERRORS
+from vgssl_jax.inference import Embedder
+from vgssl_jax.methods import LossConfig, Method, descriptor_variables
+from vgssl_jax.models.network import build_model
+from vgssl_jax.train import Trainer
 
 _CONFIG, _WORKDIR = cli.define_flags()
 
 
 def run(config, workdir: str) -> dict:
   """Trains and evaluates; returns and writes {"before": ..., "after": ...} to results.json."""
-  import jax  # after flag parsing: XLA settings from the environment are read at import
-
-  from data_pipelines import datasets, loader, synthetic
-  from data_pipelines.places import DatasetError, TrainPlaces
-  from vgssl_jax import evaluation, parallel
-  from vgssl_jax.config import eval_datasets
-  from vgssl_jax.inference import Embedder
-  from vgssl_jax.methods import LossConfig, Method, descriptor_variables
-  from vgssl_jax.models.network import build_model
-  from vgssl_jax.train import Trainer
-
   start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -46,13 +44,10 @@ def run(config, workdir: str) -> dict:
                                        for k, v in dc.synthetic.items()})
   def split(name, which):
     return datasets.load_split(dc.root, name, which, synth)
-  try:
-    train_places = TrainPlaces.build(split(dc.name, "train"), config.train.positive_radius,
-                                     config.train.negative_radius)
-    val_places = split(dc.name, "val") if config.train.val_every else None
-    eval_sets = {name: split(name, config.eval.split) for name in eval_datasets(config)}
-  except DatasetError as e:
-    sys.exit(f"error: {e}")
+  train_places = TrainPlaces.build(split(dc.name, "train"), config.train.positive_radius,
+                                   config.train.negative_radius)
+  val_places = split(dc.name, "val") if config.train.val_every else None
+  eval_sets = {name: split(name, config.eval.split) for name in eval_datasets(config)}
   logging.info("train: %s (%d queries with a %g m positive, %d dropped)", train_places.places,
                len(train_places.query_ids), config.train.positive_radius, train_places.dropped)
 
@@ -92,7 +87,10 @@ def main(argv):
   config = cli.checked_config(_CONFIG.value)
   workdir = _WORKDIR.value or os.path.join("runs", f"{config.method}_{config.data.name}")
   cli.setup_logging(workdir)
-  run(config, workdir)
+  try:
+    run(config, workdir)
+  except USER_ERRORS as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

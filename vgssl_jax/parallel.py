@@ -10,13 +10,15 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from vgssl_jax.errors import ConfigError
+
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
   """A ("data",) mesh over the first `num_devices` devices (all by default)."""
   devices = jax.devices()
   n = len(devices) if not num_devices else num_devices
   if n > len(devices):
-    raise ValueError(f"the mesh asks for {n} devices but only {len(devices)} are visible "
+    raise ConfigError(f"the mesh asks for {n} devices but only {len(devices)} are visible "
                      f"({devices[0].platform}); lower num_devices or run on more devices.")
   return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=devices[:n])
 
@@ -39,5 +41,5 @@ def shard_batch(batch, mesh: Mesh):
 def check_divisible(batch_size: int, mesh: Mesh, what: str) -> None:
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(f"{what}={batch_size} is not divisible by the {n} devices of the mesh; "
+    raise ConfigError(f"{what}={batch_size} is not divisible by the {n} devices of the mesh; "
                      f"use a multiple of {n} (e.g. {max(n, batch_size // n * n)}).")

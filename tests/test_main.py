@@ -1,0 +1,64 @@
+"""The entry point end to end on the tiny synthetic set, and its answers to bad input."""
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import run_python, tiny_overrides
+
+
+def main_args(workdir, *extra, config="configs/demo.py"):
+  return ["-m", "vgssl_jax.main", f"--config={config}", f"--workdir={workdir}", *extra]
+
+
+def test_main_trains_and_evaluates_end_to_end(tiny_root, tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = run_python(main_args(workdir, *tiny_overrides(tiny_root)))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  for stage in ("before", "after"):
+    r = results[stage]["synthetic"]
+    assert set(r) >= {"recall@1", "recall@5", "recall@10", "recall@20"}
+    assert 0 <= r["recall@1"] <= r["recall@5"] <= r["recall@10"] <= r["recall@20"] <= 100
+    assert r["queries"] == 8 and r["database"] == 16
+  assert "| after | synthetic |" in proc.stdout
+  lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()
+  assert json.loads(lines[-1])["epoch"] == 1
+  assert os.path.exists(os.path.join(workdir, "config.json"))
+
+
+def assert_clean_error(proc, *fragments):
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("extra,fragments", [
+    (["--config.train.bogus=1"], ["unknown config key 'train.bogus'"]),
+    (["--config.trian.lr=1"], ["unknown config key 'trian.lr'", "train.lr"]),
+    (["--config.method=simclrr"], ["method='simclrr' is not valid", "vicreg"]),
+    (["--config.model.n_layers=7"], ["n_layers=7"]),
+    (["--config.model.backbone=resnet34conv5"], ["unknown backbone 'resnet34conv5'"]),
+])
+def test_bad_config_gives_one_clear_error(tmp_path, extra, fragments):
+  assert_clean_error(run_python(main_args(str(tmp_path), *extra)), *fragments)
+
+
+def test_missing_config_file(tmp_path):
+  assert_clean_error(run_python(main_args(str(tmp_path), config="configs/nope.py")),
+                     "configs/nope.py", "does not exist")
+
+
+def test_missing_msls_says_where_it_looked_and_how_to_get_it(tmp_path):
+  proc = run_python(main_args(str(tmp_path / "run"), f"--config.data.root={tmp_path}",
+                              config="configs/vicreg_msls.py"))
+  assert_clean_error(proc, "dataset 'msls' not found", str(tmp_path / "msls"), "mapillary")
+
+
+def test_batch_not_divisible_by_devices(tiny_root, tmp_path):
+  proc = run_python(main_args(str(tmp_path), *tiny_overrides(tiny_root),
+                              "--config.train.batch_size=7"), devices=2)
+  assert_clean_error(proc, "train.batch_size=7 is not divisible by the 2 devices")

@@ -1,0 +1,140 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vgssl_jax.models import heads
+from vgssl_jax.models.aggregation import Aggregation, gem
+from vgssl_jax.models.layers import BatchNorm, Conv, l2_normalize
+from vgssl_jax.models.network import GeoLocalizationNet
+
+
+def test_gem_matches_numpy():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)
+  for p in (1.0, 3.0, 4.5):
+    want = (np.maximum(x.astype(np.float64), 1e-6) ** p).mean(axis=(1, 2)) ** (1 / p)
+    np.testing.assert_allclose(gem(jnp.asarray(x), p), want, rtol=1e-5)
+
+
+def test_l2_normalize_matches_numpy_and_keeps_zeros():
+  x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
+  np.testing.assert_allclose(l2_normalize(jnp.asarray(x)), [[0.6, 0.8], [0.0, 0.0]])
+
+
+def test_aggregation_is_l2_gem_fc_l2():
+  rng = np.random.default_rng(1)
+  x = rng.uniform(-1, 1, size=(2, 3, 4, 8)).astype(np.float32)
+  agg = Aggregation(fc_output_dim=5)
+  v = agg.init(jax.random.PRNGKey(0), jnp.asarray(x))
+  assert float(v["params"]["gem"]["p"][0]) == 3.0
+  w = np.asarray(v["params"]["fc"]["kernel"], np.float64)
+  b = np.asarray(v["params"]["fc"]["bias"], np.float64)
+  xd = x.astype(np.float64)
+  xd = xd / np.maximum(np.linalg.norm(xd, axis=-1, keepdims=True), 1e-12)
+  pooled = (np.maximum(xd, 1e-6) ** 3).mean(axis=(1, 2)) ** (1 / 3)
+  out = pooled @ w + b
+  out /= np.linalg.norm(out, axis=-1, keepdims=True)
+  np.testing.assert_allclose(agg.apply(v, jnp.asarray(x)), out, rtol=1e-5, atol=1e-6)
+  # PyTorch's default Linear init: U(+-1/sqrt(fan_in)) for weight and bias
+  assert np.abs(w).max() <= 1 / np.sqrt(8) and np.abs(b).max() <= 1 / np.sqrt(8)
+
+
+def test_batchnorm_has_pytorch_semantics():
+  rng = np.random.default_rng(2)
+  x = rng.normal(2.0, 3.0, size=(4, 3, 3, 5)).astype(np.float32)
+  bn = BatchNorm()
+  v = bn.init(jax.random.PRNGKey(0), jnp.asarray(x), train=True)
+  y, upd = bn.apply(v, jnp.asarray(x), train=True, mutable=["batch_stats"])
+  xd = x.reshape(-1, 5).astype(np.float64)
+  mean, var = xd.mean(0), xd.var(0)
+  np.testing.assert_allclose(y, ((x - mean) / np.sqrt(var + 1e-5)), rtol=1e-4, atol=1e-5)
+  # running stats: momentum 0.1 and the *unbiased* variance, as torch.nn.BatchNorm2d
+  np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(upd["batch_stats"]["var"], 0.9 + 0.1 * xd.var(0, ddof=1), rtol=1e-5)
+  # eval mode normalises with the running statistics
+  y_eval = bn.apply({"params": v["params"], **upd}, jnp.asarray(x), train=False)
+  rs = upd["batch_stats"]
+  np.testing.assert_allclose(y_eval, (x - rs["mean"]) / np.sqrt(rs["var"] + 1e-5), rtol=1e-4,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_1x1_conv_as_matmul_equals_convolution(stride):
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 7, 6, 4)).astype(np.float32))
+  conv = Conv(5, 1, stride)
+  v = conv.init(jax.random.PRNGKey(0), x)
+  want = jax.lax.conv_general_dilated(x, v["params"]["kernel"], (stride, stride), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(conv.apply(v, x), want, rtol=1e-5, atol=1e-5)
+
+
+# The original's projector (spec §2.3): (layer kind, has bias) per nn.Sequential index.
+PROJECTORS = {
+    ("vicreg", 1): {"0": ("linear", False)},
+    ("vicreg", 2): {"0": ("linear", False), "1": ("bn", None), "3": ("linear", False)},
+    ("vicreg", 3): {"0": ("linear", False), "1": ("bn", None), "3": ("linear", False),
+                    "4": ("bn", None), "6": ("linear", False)},
+    ("byol", 1): {"0": ("linear", True)},
+    ("byol", 2): {"0": ("linear", False), "1": ("bn", None), "3": ("linear", True)},
+    ("byol", 3): {"0": ("linear", False), "1": ("bn", None), "3": ("linear", False),
+                  "4": ("bn", None), "6": ("linear", True)},
+    ("contrastive", 1): {"0": ("linear", True)},
+    ("contrastive", 2): {"0": ("linear", True), "2": ("linear", True)},
+}
+
+
+@pytest.mark.parametrize("family,n_layers", sorted(PROJECTORS))
+def test_projector_layouts(family, n_layers):
+  proj = heads.Projector(family, n_layers, 12)
+  v = proj.init(jax.random.PRNGKey(0), jnp.ones((4, 6)), train=False)
+  params = v["params"]
+  want = PROJECTORS[(family, n_layers)]
+  assert set(params) == set(want)
+  for name, (kind, bias) in want.items():
+    if kind == "linear":
+      assert ("bias" in params[name]) == bias
+    else:
+      assert set(params[name]) == {"scale", "bias"}
+      assert set(v["batch_stats"][name]) == {"mean", "var"}
+
+
+def test_projector_rejects_impossible_depths():
+  with pytest.raises(ValueError, match="n_layers=3"):
+    heads.projector_layout("contrastive", 3)
+  with pytest.raises(ValueError, match="n_layers=4"):
+    heads.projector_layout("vicreg", 4)
+
+
+def test_network_outputs_descriptor_and_projection():
+  net = GeoLocalizationNet("resnet18conv4", width=8, fc_output_dim=16, n_layers=2,
+                           projection_size=24)
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(3, 32, 48, 3)).astype(np.float32))
+  v = net.init(jax.random.PRNGKey(0), x, train=False)
+  out = net.apply(v, x, train=False)
+  assert out["descriptor"].shape == (3, 16) and out["projection"].shape == (3, 24)
+  np.testing.assert_allclose(np.linalg.norm(out["descriptor"], axis=1), 1.0, rtol=1e-5)
+  no_proj = GeoLocalizationNet("resnet18conv4", width=8, fc_output_dim=16, n_layers=0)
+  v0 = no_proj.init(jax.random.PRNGKey(0), x, train=False)
+  out0 = no_proj.apply(v0, x, train=False)
+  np.testing.assert_array_equal(out0["projection"], out0["descriptor"])
+
+
+def test_resnet50_names_and_shapes_match_torchvision():
+  """Our resnet50conv5 maps 1:1 onto torchvision's resnet50 state dict (without fc)."""
+  import os
+
+  from vgssl_jax.models.resnet import ResNet
+  from vgssl_jax.models.torch_names import to_torch_state
+  path = os.path.join(os.path.dirname(__file__), "data", "torchvision_resnet50_keys.txt")
+  with open(path) as f:
+    want = {name: tuple(int(s) for s in shape.split("x"))
+            for name, shape in (line.split() for line in f if line.strip())}
+  assert len(want) == 265  # the list printed by torchvision.models.resnet50().state_dict()
+  model = ResNet(depth=50, last_stage=5, width=64)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
+                                             train=False))
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  got = {k: v.shape for k, v in to_torch_state(zeros["params"], zeros["batch_stats"]).items()}
+  assert got == want

@@ -1,0 +1,79 @@
+import os
+
+import numpy as np
+import pytest
+
+from data_pipelines import formats, places
+
+
+def brute_force(queries, database, radius):
+  d = np.sqrt(((queries[:, None, :] - database[None, :, :]) ** 2).sum(-1))
+  return [np.flatnonzero(row <= radius) for row in d]
+
+
+@pytest.mark.parametrize("radius", [10.0, 25.0])
+def test_radius_neighbors_matches_brute_force(radius):
+  rng = np.random.default_rng(0)
+  database = rng.uniform(0, 300, size=(700, 2)) + [549000, 4178000]
+  queries = rng.uniform(-20, 320, size=(250, 2)) + [549000, 4178000]
+  # points exactly on the radius are positives (sklearn's radius search is inclusive)
+  queries[0] = database[3] + [radius, 0.0]
+  got = places.radius_neighbors(queries, database, radius, chunk=37)
+  want = brute_force(queries, database, radius)
+  assert len(got) == len(queries)
+  for i in range(len(queries)):
+    np.testing.assert_array_equal(got[i], want[i])
+  assert 3 in got[0]
+
+
+def test_radius_neighbors_empty_and_far():
+  got = places.radius_neighbors(np.array([[0.0, 0.0]]), np.array([[100.0, 100.0]]), 10)
+  assert got.counts.tolist() == [0]
+  got = places.radius_neighbors(np.zeros((0, 2)), np.array([[1.0, 1.0]]), 10)
+  assert len(got) == 0
+
+
+def test_neighbors_subset_and_padded():
+  n = places.Neighbors(np.array([0, 2, 2, 5]), np.array([1, 4, 0, 2, 3]))
+  s = n.subset(np.array([2, 0, 1]))
+  assert [s[i].tolist() for i in range(3)] == [[0, 2, 3], [1, 4], []]
+  assert n.padded().tolist() == [[1, 4, -1], [-1, -1, -1], [0, 2, 3]]
+
+
+def _write(folder, utms):
+  os.makedirs(folder, exist_ok=True)
+  for e, n in utms:
+    with open(os.path.join(folder, formats.format_name(e, n)), "wb") as f:
+      f.write(b"not read here")
+
+
+def test_load_at_dataset_and_train_places(tmp_path):
+  root = str(tmp_path)
+  split = os.path.join(root, "mini", "images", "train")
+  _write(os.path.join(split, "database"), [(0, 0), (5, 0), (100, 0)])
+  _write(os.path.join(split, "queries"), [(1, 0), (60, 0), (99, 0)])
+  ds = places.load_at_dataset(root, "mini", "train")
+  assert ds.num_database == 3 and ds.num_queries == 3
+  assert ds.database_paths[0].startswith(os.path.join("images", "train", "database"))
+  assert [ds.positives(25.0)[i].tolist() for i in range(3)] == [[0, 1], [], [2]]
+  train = places.TrainPlaces.build(ds, 10.0, 25.0)
+  assert train.query_ids.tolist() == [0, 2]  # the query at 60 m has no 10 m positive
+  assert train.dropped == 1
+  assert [train.hard_positives[i].tolist() for i in range(2)] == [[0, 1], [2]]
+
+
+def test_dataset_errors_name_the_problem(tmp_path):
+  root = str(tmp_path)
+  with pytest.raises(places.DatasetError, match="not found"):
+    places.load_at_dataset(root, "missing", "test")
+  os.makedirs(os.path.join(root, "mini", "images", "test", "database"))
+  os.makedirs(os.path.join(root, "mini", "images", "test", "queries"))
+  with pytest.raises(places.DatasetError, match="available splits: \\['test'\\]"):
+    places.load_at_dataset(root, "mini", "val")
+  with pytest.raises(places.DatasetError, match="holds no images"):
+    places.load_at_dataset(root, "mini", "test")
+  _write(os.path.join(root, "mini", "images", "test", "database"), [(0, 0)])
+  with open(os.path.join(root, "mini", "images", "test", "queries", "IMG_0001.jpg"), "wb"):
+    pass
+  with pytest.raises(formats.FilenameFormatError, match="IMG_0001.jpg"):
+    places.load_at_dataset(root, "mini", "test")
