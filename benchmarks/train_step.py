@@ -20,7 +20,7 @@ import numpy as np
 
 from vgssl_jax import parallel
 from vgssl_jax.config import base_config
-from vgssl_jax.methods import LossConfig, Method
+from vgssl_jax.methods import LossConfig, make_method
 from vgssl_jax.models.network import build_model
 from vgssl_jax.train import create_train_state, jit_train_step, make_optimizer
 
@@ -51,7 +51,7 @@ def main():
   c.model.fc_output_dim = a.fc_output_dim
   mesh = parallel.make_mesh(a.devices)
   parallel.check_divisible(a.batch, mesh, "--batch")
-  method = Method(a.method, build_model(c.model, a.method), LossConfig())
+  method = make_method(a.method, build_model(c.model, a.method), LossConfig())
   tx = make_optimizer(1e-5)
   size = tuple(int(v) for v in a.resolution.lower().split("x"))
   state = create_train_state(method, tx, 0, size, mesh)

@@ -25,6 +25,9 @@ def get_config():
   c.train.queries_per_epoch = 1200
   c.train.infer_batch_size = 128
   c.train.val_every = 0
+  # MoCo (--config.method=mocov2): a queue of the demo's scale (the original's 65,536 keys
+  # would outlast the demo's 9,600 keys, leaving the random initial queue as negatives)
+  c.loss.queue_size = 2048
   c.eval.split = "test"
   c.eval.before = True
   return c

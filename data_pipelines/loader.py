@@ -1,9 +1,9 @@
 """grain input pipelines: decode + resize on host workers to uint8 NHWC batches.
 
-Training batches are GeoPair items (query, positive); evaluation batches are plain
-images in file order. Shuffling is done here in NumPy from (seed, epoch), then every
-process loads only its own rows of each global batch, so the global batch is the
-same whatever the number of processes (see `local_rows`).
+Training batches are GeoPair items (query, positive[, negative]); evaluation batches are
+plain images in file order. An epoch is planned here in NumPy from (seed, epoch), then
+every process loads only its own block of each global batch, so the global batch is the
+same whatever the number of processes (see `local_items`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from data_pipelines import mining
 from data_pipelines.mining import GeoPairs
 from data_pipelines.places import PlaceDataset
 
@@ -36,15 +37,22 @@ def load_image(path: str, size: tuple[int, int]) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class _LoadPair(grain.transforms.Map):
-  """(query index, positive index) -> {"query", "positive"} uint8 images. Picklable."""
-  queries: tuple[str, ...]
+class _LoadItem(grain.transforms.Map):
+  """(query image, positive[, negative]) indices -> uint8 images. Picklable for workers.
+
+  Query indices point into `query_images` = queries + database (self-pairs use database
+  images as queries); positives and negatives into the database.
+  """
+  query_images: tuple[str, ...]
   database: tuple[str, ...]
   size: tuple[int, int]
 
   def map(self, item):
-    return {"query": load_image(self.queries[item[0]], self.size),
-            "positive": load_image(self.database[item[1]], self.size)}
+    out = {"query": load_image(self.query_images[item[0]], self.size),
+           "positive": load_image(self.database[item[1]], self.size)}
+    if len(item) > 2:
+      out["negative"] = load_image(self.database[item[2]], self.size)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,17 +64,40 @@ class _LoadImage(grain.transforms.Map):
     return load_image(self.paths[index], self.size)
 
 
-def local_rows(num_items: int, global_batch: int, seed: int, epoch: int,
-               process_index: int = 0, process_count: int = 1) -> np.ndarray:
-  """This process's item order for one epoch: shuffled, last partial batch dropped.
+def epoch_order(num_items: int, items_per_step: int, seed: int, epoch: int) -> np.ndarray:
+  """(steps, items_per_step) item indices of one epoch: shuffled, last partial batch dropped."""
+  steps = num_items // items_per_step
+  order = np.random.default_rng([seed, epoch]).permutation(num_items)[:steps * items_per_step]
+  return order.reshape(steps, items_per_step)
 
-  Global batch t holds items order[t*B:(t+1)*B]; process p loads the p-th contiguous
-  block of B / process_count of them.
+
+def plan_epoch(pairs: GeoPairs, num_queries: int, items_per_step: int, seed: int,
+               epoch: int) -> np.ndarray:
+  """(steps, items_per_step, 2 or 3) image indices (query image, positive[, negative]).
+
+  Query images index queries + database (`num_queries` + n is database image n), so a
+  self-pair (n, n) shows database image n as its query. With pair_negative, each item's
+  negative is chosen per global batch by the original's collate rule.
   """
-  steps = num_items // global_batch
-  order = np.random.default_rng([seed, epoch]).permutation(num_items)[:steps * global_batch]
-  local = global_batch // process_count
-  return order.reshape(steps, process_count, local)[:, process_index].reshape(-1)
+  order = epoch_order(len(pairs), items_per_step, seed, epoch)
+  selfs = pairs.self_pairs if pairs.self_pairs is not None else np.zeros(0, np.int64)
+  query_images = np.concatenate([pairs.queries, num_queries + selfs])
+  positives = np.concatenate([pairs.positives, selfs])
+  columns = [query_images[order], positives[order]]
+  if pairs.negatives is not None:
+    columns.append(mining.pick_negatives(order, pairs.negatives))
+  return np.stack(columns, axis=-1)
+
+
+def local_items(plan: np.ndarray, process_index: int = 0, process_count: int = 1) -> np.ndarray:
+  """This process's items: the p-th contiguous block of every global batch, flattened.
+
+  Concatenating the blocks of all processes in process order gives the global batch, so
+  the training batches are the same whatever the number of processes.
+  """
+  steps, per_step = plan.shape[:2]
+  local = per_step // process_count
+  return plan[:, process_index * local:(process_index + 1) * local].reshape(steps * local, -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,11 +116,13 @@ def _iterate(dataset: grain.MapDataset, options: LoaderOptions) -> grain.IterDat
   return it
 
 
-def pair_dataset(places: PlaceDataset, pairs: GeoPairs, local_batch: int, rows: np.ndarray,
+def pair_dataset(places: PlaceDataset, items: np.ndarray, local_batch: int,
                  options: LoaderOptions) -> grain.IterDataset:
-  """Batches {"query": (b, H, W, 3), "positive": (b, H, W, 3)} uint8 of the given item rows."""
-  items = np.stack([pairs.queries[rows], pairs.positives[rows]], axis=1)
-  load = _LoadPair(tuple(places.abs_path(p) for p in places.queries_paths),
+  """Batches {"query", "positive"[, "negative"]}: (local_batch, H, W, 3) uint8 each.
+
+  items: (num_items, 2 or 3) rows of `plan_epoch` (see `local_items`).
+  """
+  load = _LoadItem(tuple(places.abs_path(p) for p in places.queries_paths + places.database_paths),
                    tuple(places.abs_path(p) for p in places.database_paths),
                    tuple(options.image_size))
   dataset = grain.MapDataset.source(items).map(load).batch(local_batch, drop_remainder=True)

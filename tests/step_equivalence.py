@@ -6,45 +6,63 @@ import sys
 
 import jax
 import numpy as np
+import optax
 
 from vgssl_jax import parallel
 from vgssl_jax.config import base_config
-from vgssl_jax.methods import LossConfig, Method
+from vgssl_jax.methods import LossConfig, make_method
 from vgssl_jax.models.network import build_model
 from vgssl_jax.train import create_train_state, jit_train_step, make_optimizer
 
 
-def run(method_name: str, devices: int, steps: int, batches):
+def run(method_name: str, devices: int, batches, plain_sgd: bool = True):
+  """Runs len(batches) steps; returns the losses, the state after the first step and the
+  number of compilations."""
   c = base_config()
   c.method = method_name
   c.model.backbone, c.model.width = "resnet18conv4", 8
   c.model.fc_output_dim, c.model.projection_size = 16, 32
   mesh = parallel.make_mesh(devices)
-  method = Method(method_name, build_model(c.model, method_name), LossConfig())
-  tx = make_optimizer(1e-3)
+  # a small queue so that it wraps around within the three steps
+  method = make_method(method_name, build_model(c.model, method_name), LossConfig(queue_size=16))
+  # SGD: Adam turns noise-level gradients (e.g. of a bias in front of a BatchNorm, exactly 0 in
+  # exact arithmetic) into lr-sized steps of either sign, which would hide real differences.
+  tx = optax.sgd(0.001) if plain_sgd else make_optimizer(1e-3)
   state = create_train_state(method, tx, 0, (32, 48), mesh)
   step = jit_train_step(method, tx, mesh, random_resized_crop=0.25, horizontal_flip=True)
-  losses = []
-  for batch in batches[:steps]:
+  losses, first = [], None
+  for batch in batches:
     state, metrics = step(state, parallel.shard_batch(batch, mesh))
     losses.append(float(metrics["loss"]))
-  return losses, jax.device_get(state), step._cache_size()
+    if first is None:
+      first = jax.device_get((state.params, state.batch_stats, state.method_state))
+  return losses, first, step._cache_size()
+
+
+def max_diff(a, b) -> tuple[float, float]:
+  """Largest absolute difference of two pytrees, and the largest magnitude in `a`."""
+  as64 = lambda x: np.asarray(x, np.float64)
+  diffs = jax.tree.leaves(jax.tree.map(
+      lambda x, y: float(np.max(np.abs(as64(x) - as64(y)))) if np.size(x) else 0.0, a, b))
+  scales = jax.tree.leaves(jax.tree.map(
+      lambda x: float(np.max(np.abs(as64(x)))) if np.size(x) else 0.0, a))
+  return max(diffs), max(scales)
 
 
 def main():
   method_name = sys.argv[1]
+  negatives = "--negatives" in sys.argv  # 4 items (q, p, n): 8 pairs per step
+  keys = ("query", "positive", "negative") if negatives else ("query", "positive")
+  items = 4 if negatives else 8
   rng = np.random.default_rng(0)
-  batches = [{k: rng.integers(0, 256, size=(8, 32, 48, 3), dtype=np.uint8)
-              for k in ("query", "positive")} for _ in range(3)]
-  l1, s1, compiles1 = run(method_name, 1, 3, batches)
-  l4, s4, compiles4 = run(method_name, 4, 3, batches)
-  diffs = jax.tree.leaves(jax.tree.map(
-      lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-      if np.size(a) else 0.0, (s1.params, s1.batch_stats), (s4.params, s4.batch_stats)))
-  scales = jax.tree.leaves(jax.tree.map(lambda a: float(np.max(np.abs(a))) if np.size(a) else 0.0,
-                                        (s1.params, s1.batch_stats)))
-  print(json.dumps({"losses_1": l1, "losses_4": l4, "max_param_diff": max(diffs),
-                    "max_param": max(scales), "compiles_1": compiles1, "compiles_4": compiles4,
+  batches = [{k: rng.integers(0, 256, size=(items, 32, 48, 3), dtype=np.uint8) for k in keys}
+             for _ in range(3)]
+  l1, s1, compiles_1 = run(method_name, 1, batches)
+  l4, s4, compiles_4 = run(method_name, 4, batches)
+  # everything the first step updates: parameters, BN statistics, method state (EMA, queue)
+  diff, scale = max_diff(s1, s4)
+  print(json.dumps({"losses_1": l1, "losses_4": l4, "max_state_diff": diff, "max_state": scale,
+                    "compiles_1": compiles_1, "compiles_4": compiles_4,
                     "devices": jax.device_count()}))
 
 

@@ -29,15 +29,32 @@ def test_corrupt_image_error_names_the_file(tmp_path):
     loader.load_image(str(tmp_path / "missing.jpg"), (16, 16))
 
 
-def test_local_rows_give_the_same_global_batches_for_any_process_count():
-  single = loader.local_rows(50, 8, seed=3, epoch=2)
-  assert len(single) == 48 and len(set(single.tolist())) == 48  # drop_last, a permutation
-  parts = [loader.local_rows(50, 8, 3, 2, p, 4) for p in range(4)]
-  steps = len(single) // 8
-  rebuilt = np.concatenate([np.stack([p.reshape(steps, 2)[t] for p in parts]).reshape(-1)
-                            for t in range(steps)])
+def test_local_items_give_the_same_global_batches_for_any_process_count():
+  pairs = GeoPairs(queries=np.arange(50), positives=np.arange(50) + 100)
+  plan = loader.plan_epoch(pairs, 50, 8, seed=3, epoch=2)
+  assert plan.shape == (6, 8, 2)  # 50 items: 6 full steps, the last partial batch dropped
+  assert len(set(plan[..., 0].ravel().tolist())) == 48
+  np.testing.assert_array_equal(plan[..., 1], plan[..., 0] + 100)
+  single = loader.local_items(plan)
+  parts = [loader.local_items(plan, p, 4).reshape(6, 2, 2) for p in range(4)]
+  rebuilt = np.concatenate(parts, axis=1).reshape(-1, 2)
   np.testing.assert_array_equal(rebuilt, single)
-  assert not np.array_equal(single, loader.local_rows(50, 8, 3, 3))  # reshuffled per epoch
+  assert not np.array_equal(plan, loader.plan_epoch(pairs, 50, 8, 3, 3))  # reshuffled per epoch
+
+
+def test_plan_epoch_with_self_pairs_and_negatives():
+  pairs = GeoPairs(queries=np.array([0, 1]), positives=np.array([5, 6]),
+                   self_pairs=np.array([7, 8]))
+  plan = loader.plan_epoch(pairs, num_queries=3, items_per_step=4, seed=0, epoch=0)
+  rows = sorted(map(tuple, plan.reshape(-1, 2).tolist()))
+  # self-pair (n, n): the query image is database image n, i.e. index num_queries + n
+  assert rows == [(0, 5), (1, 6), (3 + 7, 7), (3 + 8, 8)]
+  with_neg = GeoPairs(queries=np.array([0, 1]), positives=np.array([5, 6]),
+                      negatives=np.array([[9, 4], [9, 2]]))
+  plan = loader.plan_epoch(with_neg, 3, 2, 0, 0)
+  assert plan.shape == (1, 2, 3)
+  # one negative per item, unique within the batch: the second item falls back to its next one
+  assert sorted(plan[0, :, 2].tolist()) in ([2, 9], [4, 9])
 
 
 def test_pair_dataset_yields_query_and_positive(tmp_path):
@@ -48,11 +65,13 @@ def test_pair_dataset_yields_query_and_positive(tmp_path):
     paths.append(os.path.basename(p))
   ds = places.PlaceDataset("toy", "train", str(tmp_path), tuple(paths[:2]), tuple(paths[2:]),
                            np.zeros((2, 2)), np.zeros((2, 2)))
-  pairs = GeoPairs(queries=np.array([0, 1, 1]), positives=np.array([1, 0, 1]))
+  # items (query image, positive, negative); query images index queries + database
+  items = np.array([[1, 1, 0], [0, 1, 1]])
   options = loader.LoaderOptions((8, 8), num_threads=2)
-  batches = list(loader.pair_dataset(ds, pairs, 1, np.array([2, 0]), options))
+  batches = list(loader.pair_dataset(ds, items, 1, options))
   assert len(batches) == 2
   assert batches[0]["query"].shape == (1, 8, 8, 3) and batches[0]["query"].dtype == np.uint8
-  # item 2 = (query 1 -> file 3, positive 1 -> file 1); item 0 = (query 0 -> 2, positive 1 -> 1)
+  # files: database 0.png, 1.png; queries 2.png, 3.png
   assert [int(b["query"][0, 0, 0, 0]) for b in batches] == [150, 100]
   assert [int(b["positive"][0, 0, 0, 0]) for b in batches] == [50, 50]
+  assert [int(b["negative"][0, 0, 0, 0]) for b in batches] == [0, 50]

@@ -29,6 +29,23 @@ def test_main_trains_and_evaluates_end_to_end(tiny_root, tmp_path):
   assert os.path.exists(os.path.join(workdir, "config.json"))
 
 
+@pytest.mark.parametrize("extra", [
+    ["--config.method=simclr", "--config.train.mining=partial", "--config.train.neg_samples_num=10",
+     "--config.train.pair_negative=True", "--config.model.n_layers=1"],
+    ["--config.method=mocov2", "--config.train.mining=full", "--config.train.neg_samples_num=1",
+     "--config.loss.queue_size=64", "--config.model.n_layers=0"],
+])
+def test_main_with_negatives(tiny_root, tmp_path, extra):
+  workdir = str(tmp_path / "run")
+  proc = run_python(main_args(workdir, *tiny_overrides(tiny_root), *extra))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads(open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()[-1])
+  if "--config.train.pair_negative=True" in extra:
+    assert record["step"] == 4  # 16 items, halved to 4 per step (8 pairs)
+  else:
+    assert record["step"] > 2   # 16 pairs + appended negative self-pairs, 8 per step
+
+
 def assert_clean_error(proc, *fragments):
   assert proc.returncode != 0
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -6,13 +6,20 @@ import pytest
 from tests.conftest import run_python
 
 
-@pytest.mark.parametrize("method", ["vicreg"])
-def test_one_and_four_devices_give_the_same_step(method):
-  proc = run_python(["-m", "tests.step_equivalence", method], devices=4)
+@pytest.mark.parametrize("method,negatives", [
+    ("vicreg", False), ("bt", False), ("simclr", False), ("mocov2", False), ("byol", False),
+    ("simsiam", False), ("simclr", True)])
+def test_one_and_four_devices_give_the_same_step(method, negatives):
+  proc = run_python(["-m", "tests.step_equivalence", method] + (["--negatives"] if negatives else []),
+                    devices=4)
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])
   assert r["devices"] == 4
-  np.testing.assert_allclose(r["losses_4"], r["losses_1"], rtol=1e-4)
-  assert r["max_param_diff"] < 1e-4 * max(1.0, r["max_param"]), r
+  # the first step: same loss and same updated state (params, BN statistics, EMA target,
+  # MoCo queue) up to float32 reduction order
+  np.testing.assert_allclose(r["losses_4"][0], r["losses_1"][0], rtol=1e-5, atol=1e-6)
+  assert r["max_state_diff"] < 1e-5 * max(1.0, r["max_state"]), r
+  # later steps start from states that differ by rounding only; the losses stay together
+  np.testing.assert_allclose(r["losses_4"], r["losses_1"], rtol=1e-4, atol=1e-5)
   # three steps, one compilation each (no recompilation from weak types or shapes)
   assert r["compiles_1"] == 1 and r["compiles_4"] == 1

@@ -16,7 +16,7 @@ DTYPES = ("float32", "bfloat16")
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = "vicreg"            # vicreg | bt | simclr
+  c.method = "vicreg"            # vicreg | bt | simclr | mocov2 | byol | simsiam
   c.seed = 0
   c.num_devices = 0              # devices of the ("data",) mesh; 0 = all visible
 
@@ -42,7 +42,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 64              # pairs per optimizer step (train_batch_size)
   c.train.lr = 1e-5                    # Adam, constant
   c.train.queries_per_epoch = 10000
-  c.train.mining = "random"            # GeoPair mining mode
+  # GeoPair mining (spec §3.2). The mining cache embeds images in eval mode and uses the
+  # projector output when model.n_layers > 0 (as the original), else the descriptor.
+  c.train.mining = "random"            # random | partial | full
+  c.train.neg_samples_num = 0          # partial: pool size; random/full: > 0 = use negatives
+  c.train.negs_num_per_query = 1       # M negatives mined per query (a batch keeps one)
+  c.train.pair_negative = False        # attach the negative to its pair (halves the item batch)
   c.train.positive_radius = 10.0       # training positives (metres)
   c.train.negative_radius = 25.0       # soft positives: never used as negatives
   c.train.random_resized_crop = 0.25   # r of RRC on the query view, scale (1 - r, 1); 0 = off
@@ -55,7 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.std_coeff = 25.0
   c.loss.cov_coeff = 1.0
   c.loss.lambd = 0.0051                # Barlow Twins
-  c.loss.temperature = 0.07            # SimCLR (hard-coded in the original)
+  c.loss.temperature = 0.07            # SimCLR and MoCo (hard-coded in the original)
+  c.loss.momentum = 0.99               # BYOL target EMA
+  c.loss.moco_momentum = 0.999         # MoCo key encoder EMA
+  c.loss.queue_size = 65536            # MoCo queue length (a multiple of train.batch_size)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
@@ -64,6 +72,41 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.recall_values = (1, 5, 10, 20)
   c.eval.backend = "device"            # device | faiss
   c.eval.before = False                # also evaluate the untrained model (the demo does)
+  return c
+
+
+# The original's "Final" stage-1 settings on MSLS (spec §1.1, train_msls_*_final_sbatch.sh):
+# (n_layers, projection_size, mining, neg_samples_num, negs_num_per_query, augment, epochs).
+# BYOL/SimSiam point at a script missing from the original repo; the most likely recipe is
+# used (random, 400 epochs, RRC 0.25 + flip; spec §9.21).
+MSLS_FINAL = {
+    "simclr": (1, 1024, "partial", 1000, 1, True, 200),
+    "mocov2": (0, 1024, "random", 0, 0, False, 400),
+    "byol": (2, 4096, "random", 0, 0, True, 400),
+    "simsiam": (2, 4096, "random", 0, 0, True, 400),
+    "bt": (2, 2048, "partial", 1000, 1, True, 200),
+    "vicreg": (2, 4096, "partial", 1000, 1, True, 200),
+}
+
+
+def msls_final(method: str) -> ml_collections.ConfigDict:
+  """The original's final ResNet-50 recipe for `method` on MSLS.
+
+  Common to all: resnet50conv5 + GeM + FC 1024, Adam lr 1e-5 (constant), 480x640,
+  64 pairs per step, 10,000 queries per epoch, --pair_negative (negatives halve the item
+  batch), validation every 10 epochs on the val split, best checkpoint by R@5.
+  """
+  n_layers, proj, mode, neg, negq, aug, epochs = MSLS_FINAL[method]
+  c = base_config()
+  c.method = method
+  c.data.name = "msls"
+  c.model.n_layers, c.model.projection_size = n_layers, proj
+  c.train.epochs = epochs
+  c.train.mining, c.train.neg_samples_num, c.train.negs_num_per_query = mode, neg, negq
+  c.train.pair_negative = True
+  c.train.random_resized_crop = 0.25 if aug else 0.0
+  c.train.horizontal_flip = aug
+  c.eval.split = "val"
   return c
 
 
@@ -76,6 +119,8 @@ def _one_of(value, allowed, key):
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the setting and the fix; runs before anything is compiled."""
   _one_of(c.method, methods.METHODS, "method")
+  if c.model.n_layers < 0 or c.model.n_layers > 3:
+    raise ConfigError(f"model.n_layers={c.model.n_layers} must be in 0..3 (0 = no projector).")
   try:
     resnet.parse_backbone(c.model.backbone)
     heads.projector_layout(heads.PROJECTOR_FAMILY[c.method], c.model.n_layers)
@@ -100,6 +145,27 @@ def validate(c: ml_collections.ConfigDict) -> None:
                       f"train.batch_size={c.train.batch_size}: an epoch would have no step.")
   if c.train.positive_radius > c.train.negative_radius:
     raise ConfigError("train.positive_radius must not exceed train.negative_radius.")
+  _check_negatives(c)
+
+
+def _check_negatives(c: ml_collections.ConfigDict) -> None:
+  t = c.train
+  if t.neg_samples_num < 0 or t.negs_num_per_query < 0:
+    raise ConfigError("train.neg_samples_num and train.negs_num_per_query must be >= 0.")
+  if t.neg_samples_num > 0 and t.negs_num_per_query < 1 and (t.pair_negative or t.mining != "random"):
+    raise ConfigError("train.negs_num_per_query must be >= 1 when negatives are mined "
+                      "(train.neg_samples_num > 0).")
+  if t.pair_negative and t.neg_samples_num > 0 and t.batch_size % 2:
+    raise ConfigError(f"train.batch_size={t.batch_size} must be even with train.pair_negative: "
+                      "each item carries a query pair and a negative pair, so a step holds "
+                      "batch_size / 2 items.")
+  if t.mining == "partial" and t.neg_samples_num > 0 and t.negs_num_per_query > t.neg_samples_num:
+    raise ConfigError(f"train.negs_num_per_query={t.negs_num_per_query} is larger than the "
+                      f"partial-mining pool train.neg_samples_num={t.neg_samples_num}.")
+  if c.method == "mocov2" and c.loss.queue_size % t.batch_size:
+    raise ConfigError(f"loss.queue_size={c.loss.queue_size} is not a multiple of the global "
+                      f"batch train.batch_size={t.batch_size}: the MoCo queue advances by whole "
+                      "batches. Use e.g. a power of two for both.")
 
 
 def eval_datasets(c: ml_collections.ConfigDict) -> list[str]:

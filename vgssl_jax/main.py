@@ -22,9 +22,9 @@ from vgssl_jax import cli, evaluation, parallel
 from vgssl_jax.config import eval_datasets
 from vgssl_jax.errors import USER_ERRORS
 from vgssl_jax.inference import Embedder
-from vgssl_jax.methods import LossConfig, Method, descriptor_variables
+from vgssl_jax.methods import LossConfig, descriptor_variables, make_method
 from vgssl_jax.models.network import build_model
-from vgssl_jax.train import Trainer
+from vgssl_jax.train import Trainer, items_per_step
 
 _CONFIG, _WORKDIR = cli.define_flags()
 
@@ -36,7 +36,8 @@ def run(config, workdir: str) -> dict:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=1))
   mesh = parallel.make_mesh(config.num_devices)
-  parallel.check_divisible(config.train.batch_size, mesh, "train.batch_size")
+  parallel.check_divisible(items_per_step(config), mesh,
+                           "items per step (train.batch_size, halved with pair_negative)")
   logging.info("mesh: %d %s device(s)", mesh.devices.size, jax.devices()[0].platform)
 
   dc = config.data
@@ -52,7 +53,7 @@ def run(config, workdir: str) -> dict:
                len(train_places.query_ids), config.train.positive_radius, train_places.dropped)
 
   model = build_model(config.model, config.method)
-  method = Method(config.method, model, LossConfig(**config.loss.to_dict()))
+  method = make_method(config.method, model, LossConfig(**config.loss.to_dict()))
   options = loader.LoaderOptions(tuple(dc.image_size), dc.num_workers, dc.num_threads)
   embedder = Embedder(model, mesh, config.train.infer_batch_size, options)
   trainer = Trainer(config, method, mesh, train_places, workdir, embedder, val_places)

@@ -54,14 +54,19 @@ def create_train_state(method: Method, tx: optax.GradientTransformation, seed: i
 
 def make_views(key: jax.Array, batch: dict, random_resized_crop: float, horizontal_flip: bool,
                dtype) -> tuple[jax.Array, jax.Array]:
-  """uint8 batch -> the two normalised views (spec §3.3, §3.5).
+  """uint8 batch -> the two normalised views (spec §3.3-§3.5).
 
-  The query view gets the random query transform, the positive none; then the whole
-  step is mirrored or not (one coin for all images).
+  view 1 = [T_q(queries); T_q(negatives)], view 2 = [positives; T_q'(negatives)]: the query
+  and both negative views get independent random query transforms, the positive none.
+  Then the whole step is mirrored or not (one coin for all images).
   """
-  k_query, k_flip = jax.random.split(key)
-  view1 = augment.query_transform(k_query, batch["query"], random_resized_crop)
-  view2 = batch["positive"].astype(jnp.float32)
+  k_query, k_neg1, k_neg2, k_flip = jax.random.split(key, 4)
+  view1 = [augment.query_transform(k_query, batch["query"], random_resized_crop)]
+  view2 = [batch["positive"].astype(jnp.float32)]
+  if "negative" in batch:
+    view1.append(augment.query_transform(k_neg1, batch["negative"], random_resized_crop))
+    view2.append(augment.query_transform(k_neg2, batch["negative"], random_resized_crop))
+  view1, view2 = jnp.concatenate(view1), jnp.concatenate(view2)
   if horizontal_flip:
     view1, view2 = augment.batch_flip(k_flip, [view1, view2])
   return augment.normalize(view1, dtype), augment.normalize(view2, dtype)
@@ -84,7 +89,7 @@ def train_step(state: TrainState, batch: dict, *, method: Method,
   method_state = method.after_update(method_state, state.params)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, method_state=method_state)
-  return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 def jit_train_step(method: Method, tx: optax.GradientTransformation, mesh: Mesh,
@@ -96,6 +101,20 @@ def jit_train_step(method: Method, tx: optax.GradientTransformation, mesh: Mesh,
   return jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
                  out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
                  donate_argnums=0)
+
+
+def mining_config(config) -> mining.MiningConfig:
+  tc = config.train
+  return mining.MiningConfig(tc.queries_per_epoch, tc.mining, tc.neg_samples_num,
+                             tc.negs_num_per_query, tc.pair_negative)
+
+
+def items_per_step(config) -> int:
+  """Dataset items per step: with attached negatives each item gives two pairs, so the
+  original halves the item batch and a step keeps train.batch_size pairs (spec §3.3)."""
+  tc = config.train
+  halve = tc.pair_negative and tc.neg_samples_num > 0
+  return tc.batch_size // 2 if halve else tc.batch_size
 
 
 class Trainer:
@@ -113,6 +132,8 @@ class Trainer:
     self.options = loader.LoaderOptions(tuple(config.data.image_size), config.data.num_workers,
                                         config.data.num_threads)
     self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+    self.mining = mining_config(config)
+    self.items_per_step = items_per_step(config)
 
   def init_state(self) -> TrainState:
     return create_train_state(self.method, self.tx, self.config.seed,
@@ -133,18 +154,18 @@ class Trainer:
       return self.embedder(variables, [places.abs_path(paths[part][i]) for i in indices],
                            output="projection", desc=f"mining {part}")
     rng = np.random.default_rng([self.config.seed, epoch])
-    return mining.compute_pairs(self.train_places, embed, rng,
-                                self.config.train.queries_per_epoch, self.config.train.mining)
+    return mining.compute_pairs(self.train_places, embed, rng, self.mining)
 
   def train_epoch(self, state: TrainState, epoch: int) -> tuple[TrainState, dict]:
     tc = self.config.train
     pairs = self.mine(state, epoch)
-    rows = loader.local_rows(len(pairs), tc.batch_size, self.config.seed, epoch,
-                             jax.process_index(), jax.process_count())
-    local_batch = tc.batch_size // jax.process_count()
-    batches = loader.pair_dataset(self.train_places.places, pairs, local_batch, rows,
-                                  self.options)
-    steps = len(rows) // local_batch
+    places = self.train_places.places
+    plan = loader.plan_epoch(pairs, places.num_queries, self.items_per_step, self.config.seed,
+                             epoch)
+    items = loader.local_items(plan, jax.process_index(), jax.process_count())
+    local_batch = self.items_per_step // jax.process_count()
+    batches = loader.pair_dataset(places, items, local_batch, self.options)
+    steps = len(plan)
     losses = []
     start = time.perf_counter()
     bar = Progress(batches, total=steps, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step")

@@ -1,0 +1,11 @@
+"""byol: the original's final ResNet-50 setting on MSLS (see vgssl_jax.config.MSLS_FINAL).
+
+  python -m vgssl_jax.main --config configs/byol_msls.py --workdir runs/byol_msls \
+      --config.data.root=/path/to/datasets
+"""
+
+from vgssl_jax.config import msls_final
+
+
+def get_config():
+  return msls_final("byol")

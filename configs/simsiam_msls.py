@@ -1,0 +1,11 @@
+"""simsiam: the original's final ResNet-50 setting on MSLS (see vgssl_jax.config.MSLS_FINAL).
+
+  python -m vgssl_jax.main --config configs/simsiam_msls.py --workdir runs/simsiam_msls \
+      --config.data.root=/path/to/datasets
+"""
+
+from vgssl_jax.config import msls_final
+
+
+def get_config():
+  return msls_final("simsiam")

@@ -1,0 +1,71 @@
+"""Config checks run before anything is compiled; the method configs hold the original's
+final settings."""
+
+import importlib.util
+import os
+
+import pytest
+
+from tests.conftest import REPO
+from vgssl_jax.config import base_config, validate
+from vgssl_jax.errors import ConfigError
+
+
+def load(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+# spec §1.1 "Final" (ResNet-50, FC 1024, batch 64): n_layers, projection, mining, NEG, NEGQ, aug
+FINAL = {"simclr": (1, 1024, "partial", 1000, 1, True), "mocov2": (0, 1024, "random", 0, 0, False),
+         "byol": (2, 4096, "random", 0, 0, True), "simsiam": (2, 4096, "random", 0, 0, True),
+         "bt": (2, 2048, "partial", 1000, 1, True), "vicreg": (2, 4096, "partial", 1000, 1, True)}
+
+
+@pytest.mark.parametrize("method", sorted(FINAL))
+def test_method_configs_hold_the_final_settings(method):
+  c = load(f"{method}_msls")
+  validate(c)
+  n_layers, proj, mode, neg, negq, aug = FINAL[method]
+  assert (c.method, c.model.backbone, c.model.fc_output_dim) == (method, "resnet50conv5", 1024)
+  assert (c.model.n_layers, c.train.mining, c.train.neg_samples_num) == (n_layers, mode, neg)
+  assert c.train.negs_num_per_query == negq and c.train.pair_negative
+  if n_layers:
+    assert c.model.projection_size == proj
+  assert (c.train.random_resized_crop == 0.25) == aug and c.train.horizontal_flip == aug
+  assert (c.train.lr, c.train.batch_size, c.data.image_size) == (1e-5, 64, (480, 640))
+  assert c.train.queries_per_epoch == 10000 and c.train.val_every == 10
+
+
+@pytest.mark.parametrize("method", sorted(FINAL))
+def test_demo_accepts_every_method(method):
+  c = load("demo")
+  c.method = method
+  validate(c)
+
+
+def bad(**changes):
+  c = base_config()
+  for key, value in changes.items():
+    section, name = key.split("__") if "__" in key else (None, key)
+    (c[section] if section else c)[name] = value
+  with pytest.raises(ConfigError) as err:
+    validate(c)
+  return str(err.value)
+
+
+def test_impossible_settings_are_rejected_with_the_fix():
+  assert "method='swav'" in bad(method="swav")
+  assert "n_layers=4" in bad(model__n_layers=4)
+  assert "n_layers=-1" in bad(model__n_layers=-1)
+  assert "n_layers=3" in bad(method="simclr", model__n_layers=3)
+  assert "must be even" in bad(train__pair_negative=True, train__neg_samples_num=10,
+                               train__batch_size=63)
+  assert "queue_size=1000" in bad(method="mocov2", loss__queue_size=1000)
+  assert "larger than the partial-mining pool" in bad(
+      train__mining="partial", train__neg_samples_num=5, train__negs_num_per_query=10)
+  assert "train.mining='hard'" in bad(train__mining="hard")
+  assert "eval.backend" in bad(eval__backend="annoy")
+  assert "model.dtype" in bad(model__dtype="float16")

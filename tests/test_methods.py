@@ -1,0 +1,93 @@
+"""Method state and update order (spec §2.4-§2.7) on a tiny network."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from data_pipelines import augment
+from vgssl_jax import parallel
+from vgssl_jax.config import base_config
+from vgssl_jax.methods import LossConfig, make_method
+from vgssl_jax.models.layers import l2_normalize
+from vgssl_jax.models.network import build_model
+from vgssl_jax.train import create_train_state, jit_train_step, make_optimizer
+
+
+def setup(name, n_layers=2, queue_size=16):
+  c = base_config()
+  c.model.backbone, c.model.width = "resnet18conv4", 8
+  c.model.fc_output_dim, c.model.projection_size, c.model.n_layers = 16, 24, n_layers
+  method = make_method(name, build_model(c.model, name), LossConfig(queue_size=queue_size))
+  mesh = parallel.make_mesh(1)
+  tx = make_optimizer(1e-2)
+  state = create_train_state(method, tx, 0, (32, 48), mesh)
+  # no augmentation: view 1 = queries, view 2 = positives, exactly
+  step = jit_train_step(method, tx, mesh, random_resized_crop=0.0, horizontal_flip=False)
+  rng = np.random.default_rng(0)
+  batches = [{k: rng.integers(0, 256, size=(4, 32, 48, 3), dtype=np.uint8)
+              for k in ("query", "positive")} for _ in range(2)]
+  return method, state, step, batches
+
+
+def close(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b)
+
+
+def test_byol_target_is_an_ema_of_the_pre_step_online_weights():
+  method, state, step, batches = setup("byol")
+  theta0 = jax.device_get(state.params["net"])
+  close(state.method_state["target"]["params"], theta0)  # target = online at t = 0
+  assert state.params["predictor"]["0"]["kernel"].shape == (24, 4096)
+  state, m1 = step(state, batches[0])
+  theta1 = jax.device_get(state.params["net"])
+  close(state.method_state["target"]["params"], theta0)  # 0.99 theta0 + 0.01 theta0
+  state, _ = step(state, batches[1])
+  want = jax.tree.map(lambda a, b: 0.99 * a + 0.01 * b, theta0, theta1)
+  close(state.method_state["target"]["params"], want)
+  assert np.isfinite(float(m1["loss"]))
+  assert step._cache_size() == 1  # Adam, EMA state: no recompilation
+
+
+def test_simsiam_has_no_target_copy():
+  method, state, step, batches = setup("simsiam")
+  assert state.method_state == {}
+  for batch in batches:
+    state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+  assert step._cache_size() == 1
+
+
+def test_moco_enqueues_keys_of_the_pre_update_key_encoder():
+  method, state, step, batches = setup("mocov2", n_layers=0)
+  init = jax.device_get(state)
+  queue0 = init.method_state["queue"]
+  assert queue0.shape == (16, 16)  # K x D_g when n_layers = 0
+  np.testing.assert_allclose(np.linalg.norm(queue0, axis=1), 1.0, rtol=1e-5)
+  state, _ = step(state, batches[0])
+  # keys: the key encoder (= online at t = 0) in train mode on view 2, L2-normalised
+  variables = {"params": init.method_state["target"]["params"],
+               "batch_stats": init.method_state["target"]["batch_stats"]}
+  out, _ = method.model.apply(variables, augment.normalize(jnp.asarray(batches[0]["positive"])),
+                              train=True, mutable=["batch_stats"])
+  keys = l2_normalize(out["projection"])
+  queue = np.asarray(state.method_state["queue"])
+  np.testing.assert_allclose(queue[:4], keys, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(queue[4:], queue0[4:])
+  assert int(state.method_state["queue_ptr"]) == 4
+  theta1 = jax.device_get(state.params["net"])
+  state, _ = step(state, batches[1])
+  assert int(state.method_state["queue_ptr"]) == 8
+  want = jax.tree.map(lambda a, b: 0.999 * a + 0.001 * b, init.params["net"], theta1)
+  close(state.method_state["target"]["params"], want)
+  assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("name", ["vicreg", "bt", "simclr"])
+def test_symmetric_methods_have_no_extra_state(name):
+  _, state, step, batches = setup(name, n_layers=1)
+  assert state.method_state == {} and set(state.params) == {"net"}
+  for batch in batches:
+    state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+  assert step._cache_size() == 1
