@@ -1,17 +1,21 @@
-"""Datasets by name: the built-in synthetic set, and any folder in the `@` layout."""
+"""Datasets by name: the built-in synthetic set, MSLS in its raw layout, any `@` folder,
+and the same from prepared ArrayRecord files; protocol checks for the known benchmarks."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from data_pipelines import places, synthetic
 
 SYNTHETIC = "synthetic"
+SOURCES = ("files", "array_record")
 
 # Where to get the datasets the original uses, for the error message of a missing folder.
 HOW_TO_GET = {
     "msls": "Mapillary Street-Level Sequences: request it at "
-            "https://www.mapillary.com/dataset/places and convert it with "
+            "https://www.mapillary.com/dataset/places and unpack it as msls/train_val/<city>/... "
+            "(the raw layout, for the official protocol) or convert it with "
             "VPR-datasets-downloader (format_mapillary.py)",
     "pitts30k": "Pitts30k: ask the NetVLAD authors for the raw data and convert it with "
                 "VPR-datasets-downloader",
@@ -19,20 +23,75 @@ HOW_TO_GET = {
     "nordland": "Nordland: download it with VPR-datasets-downloader",
 }
 
+# Official (database, queries) counts of the benchmark splits (datasets.md §5).
+PROTOCOL_COUNTS = {
+    ("pitts30k", "train"): (10_000, 7_416),
+    ("pitts30k", "val"): (10_000, 7_608),
+    ("pitts30k", "test"): (10_000, 6_816),
+    ("tokyo247", "test"): (75_984, 315),
+    ("msls", "val"): (18_871, 740),
+}
+USUAL_CAUSE = {
+    "msls": "the VPR-datasets-downloader split keeps all ~11k queries of cph + sf, while the "
+            "official protocol (mapillary_sls API) keeps 740; put MSLS in its raw layout "
+            "(msls/train_val/<city>/...) for the official protocol",
+    "pitts30k": "an incomplete download or conversion (the NetVLAD .mat split files)",
+    "tokyo247": "queries from another release (the benchmark uses 247query_subset_v2, 315 "
+                "queries) or an incomplete database",
+}
+
 
 def load_split(root: str, name: str, split: str,
-               synthetic_config: synthetic.SyntheticConfig | None = None) -> places.PlaceDataset:
+               synthetic_config: synthetic.SyntheticConfig | None = None,
+               source: str = "files", records_dir: str = "") -> places.PlaceDataset:
   """The `split` of dataset `name` under `root`.
 
-  `synthetic` is generated on first use (deterministically, from `synthetic_config`).
+  `synthetic` is generated on first use (deterministically, from `synthetic_config`);
+  `msls` is read in its raw layout when `<root>/msls/train_val` or `test` exists. With
+  source="array_record" the images come from the ArrayRecord files prepared under
+  `records_dir` (python -m data_pipelines.tfds.prepare).
   """
+  if source == "array_record":
+    from data_pipelines.tfds import records  # needs the tfds extra
+    return records.load_records(records_dir, name, split, synthetic_config)
+  if source != "files":
+    raise ValueError(f"unknown data source {source!r}; expected one of {SOURCES}")
+  folder = os.path.join(root, name)
   if name == SYNTHETIC:
     synthetic.ensure_dataset(root, name, synthetic_config or synthetic.SyntheticConfig())
-  elif not os.path.isdir(os.path.join(root, name)):
+  elif name == "msls" and os.path.isdir(folder):
+    from data_pipelines import msls
+    if msls.is_raw_msls(folder):
+      return msls.load_msls(folder, split)
+  elif not os.path.isdir(folder):
     how = HOW_TO_GET.get(name, f"put it in the `@` layout as {name}/images/<split>/"
                                "{database,queries}/")
     raise places.DatasetError(
-        f"dataset {name!r} not found: looked in {os.path.abspath(os.path.join(root, name))}. "
+        f"dataset {name!r} not found: looked in {os.path.abspath(folder)}. "
         f"Get the data ({how}) and set --config.data.root to the folder that holds {name}/, "
         "or run the built-in demo with --config=configs/demo.py.")
   return places.load_at_dataset(root, name, split)
+
+
+def check_protocol(dataset: places.PlaceDataset, enabled: bool = True) -> dict:
+  """Compares a known benchmark split with its official counts.
+
+  Returns {"protocol": ...} (and "warnings") for results.json. A mismatch raises
+  DatasetError naming both counts and the usual cause, unless `enabled` is False.
+  """
+  key = (dataset.name, dataset.split)
+  if key not in PROTOCOL_COUNTS:
+    return {"protocol": "no official counts known for this split"}
+  want = PROTOCOL_COUNTS[key]
+  got = (dataset.num_database, dataset.num_queries)
+  if got == want:
+    return {"protocol": "official counts"}
+  text = (f"{dataset.name}/{dataset.split} has {got[0]:,} database images and {got[1]:,} "
+          f"queries, but the official protocol has {want[0]:,} and {want[1]:,}")
+  if not enabled:
+    warning = f"{text}: count check disabled (eval.check_counts=False), results are not comparable"
+    logging.warning(warning)
+    return {"protocol": "count check disabled", "warnings": [warning]}
+  raise places.DatasetError(
+      f"{text}. Usual cause: {USUAL_CAUSE.get(dataset.name, 'a subset or another release')}. "
+      "For subsets and custom copies pass --config.eval.check_counts=False.")

@@ -9,59 +9,64 @@ same whatever the number of processes (see `local_items`).
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Callable
 
 import grain
 import numpy as np
 from PIL import Image
 
-from data_pipelines import mining
+from data_pipelines import images, mining
 from data_pipelines.mining import GeoPairs
 from data_pipelines.places import PlaceDataset
 
 
-class ImageReadError(RuntimeError):
-  """An image file cannot be opened or decoded."""
-
-
-def load_image(path: str, size: tuple[int, int]) -> np.ndarray:
-  """Decodes `path` and resizes it (PIL bilinear, antialiased) to (H, W) = size: uint8 (H, W, 3)."""
-  height, width = size
-  try:
-    with Image.open(path) as image:
-      image = image.convert("RGB")
-      if image.size != (width, height):
-        image = image.resize((width, height), Image.BILINEAR)
-      return np.asarray(image, np.uint8)
-  except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for missing/corrupt files
-    raise ImageReadError(f"cannot read image {path!r}: {e}. Replace or remove the file.") from e
-
-
 @dataclasses.dataclass(frozen=True)
 class _LoadItem(grain.transforms.Map):
-  """(query image, positive[, negative]) indices -> uint8 images. Picklable for workers.
+  """Item number -> {"query", "positive"[, "negative"]} uint8 images and "skipped".
 
-  Query indices point into `query_images` = queries + database (self-pairs use database
-  images as queries); positives and negatives into the database.
+  items: (n, 2 or 3) rows (query image, positive[, negative]); query images index queries +
+  database (self-pairs show database images as queries), the others the database. An item
+  with an unreadable image is replaced by the next readable item of the epoch, and
+  "skipped" counts the unreadable files met, so training goes on and reports them.
+  Picklable for grain workers.
   """
-  query_images: tuple[str, ...]
-  database: tuple[str, ...]
+  items: np.ndarray
+  query_images: images.ImageSource
+  database: images.ImageSource
   size: tuple[int, int]
 
-  def map(self, item):
-    out = {"query": load_image(self.query_images[item[0]], self.size),
-           "positive": load_image(self.database[item[1]], self.size)}
+  def _load(self, item) -> dict:
+    out = {"query": images.load_image(self.query_images, item[0], self.size),
+           "positive": images.load_image(self.database, item[1], self.size)}
     if len(item) > 2:
-      out["negative"] = load_image(self.database[item[2]], self.size)
+      out["negative"] = images.load_image(self.database, item[2], self.size)
     return out
+
+  def map(self, index):
+    n = len(self.items)
+    for tries in range(n):
+      try:
+        out = self._load(self.items[(index + tries) % n])
+        out["skipped"] = np.int32(tries)
+        return out
+      except images.ImageReadError as e:
+        logging.warning("training skips an unreadable image: %s", e)
+    raise images.ImageReadError(f"none of the {n} training items of this epoch could be read; "
+                                "check the dataset files.")
 
 
 @dataclasses.dataclass(frozen=True)
 class _LoadImage(grain.transforms.Map):
-  paths: tuple[str, ...]
+  """index -> (V, h, w, 3) uint8 views of one image (one hard-resized view by default)."""
+  source: images.ImageSource
   size: tuple[int, int]
+  views: Callable[[Image.Image], np.ndarray] | None = None
 
   def map(self, index):
-    return load_image(self.paths[index], self.size)
+    if self.views is None:
+      return images.load_image(self.source, index, self.size)[None]
+    return self.views(self.source.open(index))
 
 
 def epoch_order(num_items: int, items_per_step: int, seed: int, epoch: int) -> np.ndarray:
@@ -118,21 +123,24 @@ def _iterate(dataset: grain.MapDataset, options: LoaderOptions) -> grain.IterDat
 
 def pair_dataset(places: PlaceDataset, items: np.ndarray, local_batch: int,
                  options: LoaderOptions) -> grain.IterDataset:
-  """Batches {"query", "positive"[, "negative"]}: (local_batch, H, W, 3) uint8 each.
+  """Batches {"query", "positive"[, "negative"]}: (local_batch, H, W, 3) uint8 each, and
+  "skipped" (local_batch,): unreadable files replaced by other items.
 
   items: (num_items, 2 or 3) rows of `plan_epoch` (see `local_items`).
   """
-  load = _LoadItem(tuple(places.abs_path(p) for p in places.queries_paths + places.database_paths),
-                   tuple(places.abs_path(p) for p in places.database_paths),
-                   tuple(options.image_size))
-  dataset = grain.MapDataset.source(items).map(load).batch(local_batch, drop_remainder=True)
+  load = _LoadItem(np.asarray(items), images.ConcatImages(places.images("queries"),
+                                                          places.images("database")),
+                   places.images("database"), tuple(options.image_size))
+  dataset = grain.MapDataset.source(np.arange(len(items))).map(load).batch(
+      local_batch, drop_remainder=True)
   return _iterate(dataset, options)
 
 
-def image_dataset(paths: list[str], batch_size: int, options: LoaderOptions) -> grain.IterDataset:
-  """Batches of (b, H, W, 3) uint8 images in the order of `paths`; the last may be smaller."""
-  load = _LoadImage(tuple(paths), tuple(options.image_size))
-  dataset = grain.MapDataset.source(np.arange(len(paths))).map(load).batch(
+def image_dataset(source: images.ImageSource, indices: np.ndarray, batch_size: int,
+                  options: LoaderOptions, views=None) -> grain.IterDataset:
+  """Batches (b, V, h, w, 3) uint8 of the views of images `source[indices]`, in order; the
+  last batch may be smaller. `views`: image -> (V, h, w, 3) (default: one hard resize)."""
+  load = _LoadImage(source, tuple(options.image_size), views)
+  dataset = grain.MapDataset.source(np.asarray(indices)).map(load).batch(
       batch_size, drop_remainder=False)
   return _iterate(dataset, options)
-

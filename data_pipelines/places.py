@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from data_pipelines import formats
+from data_pipelines import formats, images
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -134,6 +134,10 @@ class PlaceDataset:
   queries_paths: tuple[str, ...]
   database_utms: np.ndarray   # (D, 2) float64
   queries_utms: np.ndarray    # (Q, 2) float64
+  # where the pixels come from; files under `root` unless given (e.g. ArrayRecord records)
+  sources: dict[str, images.ImageSource] | None = dataclasses.field(default=None, repr=False)
+  # per-image metadata of some formats (MSLS keys and subtasks), arrays keyed by name
+  extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
   _positives: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
@@ -146,6 +150,13 @@ class PlaceDataset:
 
   def abs_path(self, relative: str) -> str:
     return os.path.join(self.root, relative)
+
+  def images(self, part: str) -> images.ImageSource:
+    """The image source of "database" or "queries"."""
+    if self.sources is not None:
+      return self.sources[part]
+    paths = {"database": self.database_paths, "queries": self.queries_paths}[part]
+    return images.FileImages(self.root, paths)
 
   def positives(self, radius: float) -> Neighbors:
     """Database images within `radius` metres of each query (cached per radius)."""

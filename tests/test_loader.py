@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import loader, places
+from data_pipelines import images, loader, places
 from data_pipelines.mining import GeoPairs
 
 
 def test_load_image_resizes_to_uint8(tmp_path):
   path = str(tmp_path / "a.jpg")
   Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(path)
-  img = loader.load_image(path, (20, 30))
+  img = images.load_image(images.FileImages(str(tmp_path), ("a.jpg",)), 0, (20, 30))
   assert img.shape == (20, 30, 3) and img.dtype == np.uint8
   assert abs(int(img.mean()) - 200) <= 2
 
@@ -23,10 +23,11 @@ def test_corrupt_image_error_names_the_file(tmp_path):
     f.seek(20)
     f.write(b"\x00" * 200)
     f.truncate(300)
-  with pytest.raises(loader.ImageReadError, match="broken.jpg"):
-    loader.load_image(path, (16, 16))
-  with pytest.raises(loader.ImageReadError, match="missing.jpg"):
-    loader.load_image(str(tmp_path / "missing.jpg"), (16, 16))
+  source = images.FileImages(str(tmp_path), ("broken.jpg", "missing.jpg"))
+  with pytest.raises(images.ImageReadError, match="broken.jpg"):
+    images.load_image(source, 0, (16, 16))
+  with pytest.raises(images.ImageReadError, match="missing.jpg"):
+    images.load_image(source, 1, (16, 16))
 
 
 def test_local_items_give_the_same_global_batches_for_any_process_count():
@@ -75,3 +76,18 @@ def test_pair_dataset_yields_query_and_positive(tmp_path):
   assert [int(b["query"][0, 0, 0, 0]) for b in batches] == [150, 100]
   assert [int(b["positive"][0, 0, 0, 0]) for b in batches] == [50, 50]
   assert [int(b["negative"][0, 0, 0, 0]) for b in batches] == [0, 50]
+
+
+def test_training_skips_unreadable_images_and_counts_them(tmp_path):
+  for i in range(3):
+    Image.fromarray(np.full((8, 8, 3), 40 * (i + 1), np.uint8)).save(str(tmp_path / f"{i}.png"))
+  with open(tmp_path / "bad.png", "wb") as f:
+    f.write(b"not an image")
+  ds = places.PlaceDataset("toy", "train", str(tmp_path), ("0.png", "1.png"), ("bad.png", "2.png"),
+                           np.zeros((2, 2)), np.zeros((2, 2)))
+  # item 0 has the unreadable query: replaced by item 1 (query 2.png)
+  items = np.array([[0, 0], [1, 1], [1, 0]])
+  batches = list(loader.pair_dataset(ds, items, 3, loader.LoaderOptions((8, 8), num_threads=1)))
+  assert batches[0]["skipped"].tolist() == [1, 0, 0]
+  assert [int(v) for v in batches[0]["query"][:, 0, 0, 0]] == [120, 120, 120]
+  assert [int(v) for v in batches[0]["positive"][:, 0, 0, 0]] == [80, 80, 40]

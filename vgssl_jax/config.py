@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from data_pipelines import mining, search, synthetic
+from data_pipelines import datasets, mining, search, synthetic, test_time
 from vgssl_jax import methods
 from vgssl_jax.errors import ConfigError
 from vgssl_jax.models import heads, resnet
@@ -34,6 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = (480, 640)       # (H, W) hard resize, as the original
   c.data.num_workers = 0               # grain worker processes (0: threads in this process)
   c.data.num_threads = 4               # decoding threads per process
+  c.data.source = "files"              # files | array_record (prepared with data_pipelines.tfds)
+  c.data.records_dir = "tfds_data"     # where the ArrayRecord datasets were prepared
   c.data.synthetic = ml_collections.ConfigDict(
       {k: v for k, v in synthetic.SyntheticConfig().__dict__.items()})
 
@@ -54,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.horizontal_flip = True       # whole-batch flip with p = 0.5
   c.train.infer_batch_size = 256       # batch of the mining and evaluation forwards
   c.train.val_every = 10               # validation every N epochs (0 = never)
+  c.train.keep_checkpoints = 2         # the last N checkpoints are kept, and the best by val R@5
 
   c.loss = ml_collections.ConfigDict()
   c.loss.sim_coeff = 25.0              # VICReg
@@ -72,6 +75,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.recall_values = (1, 5, 10, 20)
   c.eval.backend = "device"            # device | faiss
   c.eval.before = False                # also evaluate the untrained model (the demo does)
+  c.eval.check_counts = True           # stop when a known benchmark split has unofficial counts
+  c.eval.test_method = "hard_resize"   # hard_resize | single_query | central_crop | five_crops
+                                       # | nearest_crop | maj_voting (queries only)
+  c.eval.majority_weight = 0.01        # maj_voting
+  c.eval.pca_dim = 0                   # > 0: PCA of the descriptors to this size
+  c.eval.pca_dataset = ""              # dataset whose database fits the PCA ("" = data.name)
+  c.eval.pca_split = "train"
+  c.eval.pca_images = 16384            # at most this many database images (as the original)
+  c.eval.num_preds_to_save = 0         # > 0: per query, a picture of its top-K predictions
+  c.eval.save_only_wrong_preds = False # only for queries whose first prediction is wrong
   return c
 
 
@@ -129,6 +142,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _one_of(c.model.dtype, DTYPES, "model.dtype")
   _one_of(c.train.mining, mining.MINING_MODES, "train.mining")
   _one_of(c.eval.backend, search.BACKENDS, "eval.backend")
+  _one_of(c.eval.test_method, test_time.METHODS, "eval.test_method")
+  _one_of(c.data.source, datasets.SOURCES, "data.source")
+  for key in ("pca_dim", "num_preds_to_save", "pca_images"):
+    if c.eval[key] < 0:
+      raise ConfigError(f"eval.{key}={c.eval[key]} must be >= 0.")
   for key in ("model.width", "model.fc_output_dim", "model.projection_size", "train.epochs",
               "train.batch_size", "train.queries_per_epoch", "train.infer_batch_size"):
     section, name = key.split(".")

@@ -1,7 +1,7 @@
 """Errors that the entry points report as one line, without a traceback."""
 
 from data_pipelines.formats import FilenameFormatError
-from data_pipelines.loader import ImageReadError
+from data_pipelines.images import ImageReadError
 from data_pipelines.places import DatasetError
 
 

@@ -16,14 +16,10 @@ import time
 import jax
 from absl import app
 
-from data_pipelines import datasets, loader, synthetic
 from data_pipelines.places import TrainPlaces
-from vgssl_jax import cli, evaluation, parallel
-from vgssl_jax.config import eval_datasets
+from vgssl_jax import cli, evaluation, experiment, parallel
 from vgssl_jax.errors import USER_ERRORS
-from vgssl_jax.inference import Embedder
-from vgssl_jax.methods import LossConfig, descriptor_variables, make_method
-from vgssl_jax.models.network import build_model
+from vgssl_jax.methods import descriptor_variables
 from vgssl_jax.train import Trainer, items_per_step
 
 _CONFIG, _WORKDIR = cli.define_flags()
@@ -36,41 +32,33 @@ def run(config, workdir: str) -> dict:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=1))
   mesh = parallel.make_mesh(config.num_devices)
-  parallel.check_divisible(items_per_step(config), mesh,
-                           "items per step (train.batch_size, halved with pair_negative)")
+  items = items_per_step(config)
+  parallel.check_divisible(items, mesh, "train.batch_size" if items == config.train.batch_size
+                           else "train.batch_size / 2 (items per step with pair_negative)")
   logging.info("mesh: %d %s device(s)", mesh.devices.size, jax.devices()[0].platform)
 
   dc = config.data
-  synth = synthetic.SyntheticConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
-                                       for k, v in dc.synthetic.items()})
-  def split(name, which):
-    return datasets.load_split(dc.root, name, which, synth)
-  train_places = TrainPlaces.build(split(dc.name, "train"), config.train.positive_radius,
-                                   config.train.negative_radius)
-  val_places = split(dc.name, "val") if config.train.val_every else None
-  eval_sets = {name: split(name, config.eval.split) for name in eval_datasets(config)}
+  train_places = TrainPlaces.build(experiment.open_split(config, dc.name, "train"),
+                                   config.train.positive_radius, config.train.negative_radius)
+  val_places = experiment.open_split(config, dc.name, "val") if config.train.val_every else None
+  eval_sets = experiment.open_eval_sets(config)
   logging.info("train: %s (%d queries with a %g m positive, %d dropped)", train_places.places,
                len(train_places.query_ids), config.train.positive_radius, train_places.dropped)
 
-  model = build_model(config.model, config.method)
-  method = make_method(config.method, model, LossConfig(**config.loss.to_dict()))
-  options = loader.LoaderOptions(tuple(dc.image_size), dc.num_workers, dc.num_threads)
-  embedder = Embedder(model, mesh, config.train.infer_batch_size, options)
+  method = experiment.build_method(config)
+  embedder = experiment.build_embedder(config, method, mesh)
   trainer = Trainer(config, method, mesh, train_places, workdir, embedder, val_places)
   state = trainer.init_state()
 
-  def evaluate_all(state):
+  def evaluate(state):
     variables = descriptor_variables(state.params, state.batch_stats)
-    return {name: evaluation.evaluate_places(
-        embedder, variables, places, config.eval.positive_radius,
-        tuple(config.eval.recall_values), config.eval.backend)
-            for name, places in eval_sets.items()}
+    return experiment.evaluate_all(config, embedder, variables, eval_sets)
 
   results = {}
   if config.eval.before:
-    results["before"] = evaluate_all(state)
+    results["before"] = evaluate(state)
   state = trainer.fit(state)
-  results["after"] = evaluate_all(state)
+  results["after"] = evaluate(state)
   results["seconds"] = time.perf_counter() - start
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from data_pipelines import augment, loader, mining
 from data_pipelines.places import PlaceDataset, TrainPlaces
-from vgssl_jax import evaluation, parallel
+from vgssl_jax import checkpoints, evaluation, parallel
 from vgssl_jax.inference import Embedder
 from vgssl_jax.methods import Method, descriptor_variables
 from vgssl_jax.progress import Progress
@@ -148,11 +148,10 @@ class Trainer:
     """This epoch's GeoPairs, mined with the current model (eval mode, projector output)."""
     places = self.train_places.places
     variables = descriptor_variables(state.params, state.batch_stats)
-    paths = {"queries": places.queries_paths, "database": places.database_paths}
 
     def embed(part, indices):
-      return self.embedder(variables, [places.abs_path(paths[part][i]) for i in indices],
-                           output="projection", desc=f"mining {part}")
+      return self.embedder(variables, places.images(part), indices, output="projection",
+                           desc=f"mining {part}")
     rng = np.random.default_rng([self.config.seed, epoch])
     return mining.compute_pairs(self.train_places, embed, rng, self.mining)
 
@@ -166,10 +165,11 @@ class Trainer:
     local_batch = self.items_per_step // jax.process_count()
     batches = loader.pair_dataset(places, items, local_batch, self.options)
     steps = len(plan)
-    losses = []
+    losses, skipped = [], 0
     start = time.perf_counter()
     bar = Progress(batches, total=steps, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step")
     for batch in bar:
+      skipped += int(batch.pop("skipped").sum())
       state, metrics = self.step_fn(state, parallel.shard_batch(batch, self.mesh))
       losses.append(metrics["loss"])  # fetched at the end: no host sync inside the loop
       if len(losses) % 10 == 0:
@@ -181,26 +181,40 @@ class Trainer:
                                "of the epoch; lower train.lr or check the data.")
     seconds = time.perf_counter() - start
     record = {"epoch": epoch + 1, "step": int(state.step), "loss": float(losses.mean()),
-              "seconds": seconds, "pairs_per_s": steps * tc.batch_size / seconds}
+              "seconds": seconds, "pairs_per_s": steps * tc.batch_size / seconds,
+              "skipped_images": skipped}
+    if skipped:
+      logging.warning("epoch %d: %d unreadable training images were skipped (listed above)",
+                      epoch + 1, skipped)
     self._log(record)
     return state, record
 
   def validate(self, state: TrainState) -> dict:
+    """Recall@N on the val split (hard resize, as the original's validation)."""
+    ec = self.config.eval
+    options = evaluation.EvalOptions(ec.positive_radius, tuple(ec.recall_values), ec.backend)
     return evaluation.evaluate_places(
         self.embedder, descriptor_variables(state.params, state.batch_stats), self.val_places,
-        self.config.eval.positive_radius, tuple(self.config.eval.recall_values),
-        self.config.eval.backend)
+        options)
 
   def fit(self, state: TrainState) -> TrainState:
+    """All epochs; a checkpoint after each validation and at the end (last N + best R@5)."""
     tc = self.config.train
+    mngr = checkpoints.manager(os.path.join(self.workdir, "checkpoints"), tc.keep_checkpoints)
     for epoch in range(tc.epochs):
       state, record = self.train_epoch(state, epoch)
       logging.info("epoch %d/%d: loss %.4f, %.1f pairs/s", epoch + 1, tc.epochs, record["loss"],
                    record["pairs_per_s"])
+      metrics = None
       if self.val_places is not None and tc.val_every and (epoch + 1) % tc.val_every == 0:
         val = self.validate(state)
-        self._log({"epoch": epoch + 1, "step": int(state.step),
-                   **{f"val/{k}": v for k, v in val.items()}})
+        metrics = {f"val/{k}": v for k, v in val.items() if k.startswith(("recall@", "map@"))}
+        self._log({"epoch": epoch + 1, "step": int(state.step), **metrics})
         logging.info("epoch %d validation: R@1 %.1f R@5 %.1f", epoch + 1, val["recall@1"],
                      val["recall@5"])
+      if metrics is not None or epoch + 1 == tc.epochs:
+        checkpoints.save(mngr, int(state.step), state,
+                         checkpoints.meta_for(self.config, epoch + 1, metrics), metrics)
+    mngr.wait_until_finished()
+    mngr.close()
     return state

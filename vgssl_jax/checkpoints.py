@@ -1,0 +1,108 @@
+"""Checkpoints with orbax: the whole train state plus JSON metadata, the last N and the best.
+
+Layout: `<workdir>/checkpoints/<step>/{state,meta}`. `meta` holds the epoch, the
+validation metrics and the model settings needed to rebuild the network for evaluation.
+The best checkpoint is the one with the highest validation recall@5; a tie keeps the
+earlier one, as the original.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from vgssl_jax.errors import ConfigError
+
+BEST_METRIC = "val/recall@5"
+
+
+def _rank(metrics: dict) -> float:
+  # strictly higher recall wins; among equal recalls the earlier step
+  return metrics[BEST_METRIC] - 1e-9 * metrics.get("step", 0)
+
+
+def manager(directory: str, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+  policy = pp.AnyPreservationPolicy([
+      pp.LatestN(keep),
+      pp.BestN(get_metric_fn=_rank, reverse=True, n=1, keep_checkpoints_without_metrics=False)])
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, read_only=read_only,
+                                         create=not read_only, cleanup_tmp_directories=not read_only)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=("state", "meta"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict,
+         metrics: dict | None = None) -> None:
+  metrics = None if not metrics or BEST_METRIC not in metrics else {**metrics, "step": step}
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          meta=ocp.args.JsonSave(meta)), metrics=metrics)
+
+
+def best_or_latest_step(mngr: ocp.CheckpointManager) -> int | None:
+  """The best step by validation recall@5 if any was validated, else the latest."""
+  best = mngr.best_step() if hasattr(mngr, "best_step") else None
+  return best if best is not None else mngr.latest_step()
+
+
+def resolve(path: str) -> tuple[str, int | None]:
+  """A run's workdir, its checkpoints/ folder, or one step folder -> (checkpoints dir, step)."""
+  path = os.path.abspath(path)
+  if not os.path.exists(path):
+    raise ConfigError(f"checkpoint {path} does not exist: pass a run's workdir, its checkpoints/ "
+                      "folder or one of its step folders.")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), None
+  if os.path.isdir(os.path.join(path, "state")) and os.path.isdir(os.path.join(path, "meta")):
+    name = os.path.basename(path)
+    if name.isdigit():
+      return os.path.dirname(path), int(name)
+  return path, None
+
+
+def read_meta(path: str) -> tuple[str, int, dict]:
+  """(checkpoints dir, step, meta) of the checkpoint `path` points at (best or latest)."""
+  directory, step = resolve(path)
+  mngr = manager(directory, read_only=True)
+  step = best_or_latest_step(mngr) if step is None else step
+  if step is None:
+    raise ConfigError(f"no checkpoint found in {directory}: is it a vgssl_jax run folder?")
+  try:
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  except Exception as e:  # orbax raises several types for foreign or damaged folders
+    raise ConfigError(f"cannot read the checkpoint metadata at {directory}/{step}: {e}") from e
+  return directory, step, meta
+
+
+def restore_variables(directory: str, step: int, template: dict, sharding) -> dict:
+  """The retrieval network's {"params", "batch_stats"} saved at `step` (a partial restore of
+  the train state: optimizer and method state are not read). `template` gives the shapes
+  (e.g. jax.eval_shape of the model's init); arrays are placed with `sharding`."""
+  abstract = {"params": {"net": template["params"]}, "batch_stats": {"net": template["batch_stats"]}}
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
+  mngr = manager(directory, read_only=True)
+  try:
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        abstract, restore_args=restore_args, partial_restore=True)))["state"]
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise ConfigError(f"the checkpoint at {directory}/{step} does not fit this model (shapes or "
+                      f"structure differ, or it is not a vgssl_jax checkpoint): {str(e)[:500]}") from e
+  _check_shapes(abstract, state, f"{directory}/{step}")
+  return {"params": state["params"]["net"], "batch_stats": state["batch_stats"]["net"]}
+
+
+def _check_shapes(abstract, restored, where: str) -> None:
+  want = jax.tree.map(lambda s: tuple(s.shape), abstract)
+  got = jax.tree.map(lambda a: tuple(a.shape), restored)
+  if want != got:
+    raise ConfigError(f"the checkpoint at {where} has other shapes than this model")
+
+
+def meta_for(config, epoch: int, metrics: dict | None = None) -> dict:
+  """What a checkpoint records besides the state: enough to rebuild the model."""
+  return {"epoch": epoch, "method": config.method, "model": config.model.to_dict(),
+          "image_size": list(config.data.image_size), "metrics": metrics or {},
+          "config": json.loads(config.to_json_best_effort())}

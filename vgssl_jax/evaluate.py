@@ -1,0 +1,105 @@
+"""The evaluation runner: one model on several datasets, with exports.
+
+  python -m vgssl_jax.evaluate --config configs/vicreg_msls.py --checkpoint runs/vicreg \
+      --config.eval.datasets=pitts30k,tokyo247,msls --workdir runs/vicreg/eval
+
+Without --checkpoint the model is evaluated as initialised (a baseline). With one, the
+network's settings (method, model, image size) are read from the checkpoint. Writes, under
+--workdir:
+  results.json               {dataset: {"recall@1": ..., "queries": n, "database": m, ...}}
+  results.md                 the same as a Markdown table
+  descriptors/<dataset>.npz  database, queries, database_paths, queries_paths
+  predictions/<dataset>.txt  MSLS: the official prediction file (query_key db_key1 ... db_key20)
+  plots/<dataset>_recall.png recall@N for N = 1..K
+  preds/<dataset>/*.jpg      with eval.num_preds_to_save=K: each query and its top K
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import jax
+from absl import app, flags
+
+from vgssl_jax import checkpoints, cli, evaluation, experiment, parallel
+from vgssl_jax.errors import USER_ERRORS
+from vgssl_jax.models.network import init_variables
+
+_CONFIG, _WORKDIR = cli.define_flags()
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "A training workdir, its checkpoints/ folder or one step folder; the "
+    "best checkpoint by validation recall@5 is used, else the latest.")
+
+
+def load_variables(config, checkpoint: str | None, method, mesh) -> tuple[dict, dict]:
+  """(variables, info) of the model to evaluate."""
+  model = method.model
+  template = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0),
+                                                   tuple(config.data.image_size)))
+  if checkpoint is None:
+    variables = jax.jit(lambda: init_variables(model, jax.random.PRNGKey(config.seed),
+                                               tuple(config.data.image_size)),
+                        out_shardings=parallel.replicated(mesh))()
+    return variables, {"checkpoint": None, "note": "model as initialised (baseline)"}
+  directory, step, meta = checkpoints.read_meta(checkpoint)
+  variables = checkpoints.restore_variables(directory, step, template, parallel.replicated(mesh))
+  return variables, {"checkpoint": directory, "step": step, "epoch": meta.get("epoch"),
+                     "validation": meta.get("metrics", {})}
+
+
+def adopt_checkpoint_model(config, checkpoint: str) -> None:
+  """The checkpoint decides the network: its method and model settings replace the config's."""
+  _, _, meta = checkpoints.read_meta(checkpoint)
+  with config.unlocked():
+    for key, value in meta["model"].items():
+      if config.model[key] != value:
+        logging.info("model.%s = %r from the checkpoint (config had %r)", key, value,
+                     config.model[key])
+      config.model[key] = value
+    config.method = meta["method"]
+
+
+def run(config, checkpoint: str | None, workdir: str) -> dict:
+  os.makedirs(workdir, exist_ok=True)
+  if checkpoint:
+    adopt_checkpoint_model(config, checkpoint)
+  mesh = parallel.make_mesh(config.num_devices)
+  eval_sets = experiment.open_eval_sets(config)
+  method = experiment.build_method(config)
+  embedder = experiment.build_embedder(config, method, mesh)
+  variables, info = load_variables(config, checkpoint, method, mesh)
+  logging.info("evaluating %s on %s", info.get("checkpoint") or "the initial model",
+               ", ".join(eval_sets))
+  results = experiment.evaluate_all(config, embedder, variables, eval_sets, out_dir=workdir)
+  table = evaluation.format_table({"model": results}, tuple(config.eval.recall_values))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=1)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+      f.write(f"# Evaluation\n\nmodel: {info.get('checkpoint') or info['note']}"
+              f"{' (step %s)' % info['step'] if info.get('step') is not None else ''}, "
+              f"test method {config.eval.test_method}, split {config.eval.split}\n\n{table}\n")
+    with open(os.path.join(workdir, "model.json"), "w") as f:
+      json.dump({**info, "config": json.loads(config.to_json_best_effort())}, f, indent=1)
+  print(f"\nRecall@N (%), {config.eval.split} split:\n{table}\nresults: "
+        f"{os.path.join(workdir, 'results.json')}", flush=True)
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  config = cli.checked_config(_CONFIG.value)
+  workdir = _WORKDIR.value or os.path.join("runs", "eval")
+  cli.setup_logging(workdir)
+  try:
+    run(config, _CHECKPOINT.value, workdir)
+  except USER_ERRORS as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)
