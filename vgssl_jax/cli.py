@@ -86,3 +86,18 @@ def setup_logging(workdir: str | None) -> None:
     h.setFormatter(fmt)
     root.addHandler(h)
   logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing is not news
+
+
+def run_main(argv: list[str], config_flag, workdir_flag, default_workdir, job) -> None:
+  """The body of an entry point's main(): checked config, workdir and logging, then
+  `job(config, workdir)`; errors the user can fix end the process with one line."""
+  from vgssl_jax.errors import USER_ERRORS
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  config = checked_config(config_flag.value)
+  workdir = workdir_flag.value or default_workdir(config)
+  setup_logging(workdir)
+  try:
+    job(config, workdir)
+  except USER_ERRORS as e:
+    sys.exit(f"error: {e}")

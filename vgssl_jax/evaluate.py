@@ -19,13 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 
 import jax
 from absl import app, flags
 
 from vgssl_jax import checkpoints, cli, evaluation, experiment, parallel
-from vgssl_jax.errors import USER_ERRORS
 from vgssl_jax.models.network import init_variables
 
 _CONFIG, _WORKDIR = cli.define_flags()
@@ -90,15 +88,8 @@ def run(config, checkpoint: str | None, workdir: str) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
-  config = cli.checked_config(_CONFIG.value)
-  workdir = _WORKDIR.value or os.path.join("runs", "eval")
-  cli.setup_logging(workdir)
-  try:
-    run(config, _CHECKPOINT.value, workdir)
-  except USER_ERRORS as e:
-    sys.exit(f"error: {e}")
+  cli.run_main(argv, _CONFIG, _WORKDIR, lambda c: os.path.join("runs", "eval"),
+               lambda config, workdir: run(config, _CHECKPOINT.value, workdir))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 
 import jax
@@ -18,7 +17,6 @@ from absl import app
 
 from data_pipelines.places import TrainPlaces
 from vgssl_jax import cli, evaluation, experiment, parallel
-from vgssl_jax.errors import USER_ERRORS
 from vgssl_jax.methods import descriptor_variables
 from vgssl_jax.train import Trainer, items_per_step
 
@@ -71,15 +69,8 @@ def run(config, workdir: str) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
-  config = cli.checked_config(_CONFIG.value)
-  workdir = _WORKDIR.value or os.path.join("runs", f"{config.method}_{config.data.name}")
-  cli.setup_logging(workdir)
-  try:
-    run(config, workdir)
-  except USER_ERRORS as e:
-    sys.exit(f"error: {e}")
+  cli.run_main(argv, _CONFIG, _WORKDIR,
+               lambda c: os.path.join("runs", f"{c.method}_{c.data.name}"), run)
 
 
 if __name__ == "__main__":
