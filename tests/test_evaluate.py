@@ -66,6 +66,21 @@ def test_checkpoint_gives_the_numbers_of_the_training_run(tiny_root, tmp_path):
   assert json.load(open(os.path.join(out, "model.json")))["step"] == 2
 
 
+def test_exported_weights_evaluate_like_the_run(tiny_root, tmp_path):
+  run = str(tmp_path / "run")
+  assert run_python(main_args(run, *tiny_overrides(tiny_root))).returncode == 0
+  trained = json.load(open(os.path.join(run, "results.json")))["after"]["synthetic"]
+  out_file = str(tmp_path / "model.safetensors")
+  proc = run_python(["-m", "vgssl_jax.export", f"--checkpoint={run}", f"--out={out_file}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = str(tmp_path / "eval")
+  proc = run_python(eval_args(out, *tiny_overrides(tiny_root), "--config.model.width=16",
+                              f"--checkpoint={out_file}"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  evaluated = json.load(open(os.path.join(out, "results.json")))["synthetic"]
+  assert [evaluated[f"recall@{n}"] for n in (1, 5, 10)] == [trained[f"recall@{n}"] for n in (1, 5, 10)]
+
+
 def test_foreign_checkpoint_folder_is_a_clean_error(tmp_path):
   os.makedirs(tmp_path / "not_a_run")
   proc = run_python(eval_args(str(tmp_path / "out"), f"--checkpoint={tmp_path / 'not_a_run'}"))

@@ -1,9 +1,14 @@
-"""Checkpoints with orbax: the whole train state plus JSON metadata, the last N and the best.
+"""Checkpoints with orbax: the whole train state, the run's progress and metadata.
 
-Layout: `<workdir>/checkpoints/<step>/{state,meta}`. `meta` holds the epoch, the
-validation metrics and the model settings needed to rebuild the network for evaluation.
-The best checkpoint is the one with the highest validation recall@5; a tie keeps the
-earlier one, as the original.
+Layout: `<workdir>/checkpoints/<step>/{state,progress,meta}`:
+  state     the TrainState pytree (params, BN statistics, optimizer, EMA target, MoCo queue)
+  progress  JSON: epoch, step within the epoch, the input pipeline's iterator state, the
+            epoch's GeoPairs (the mining state), best validation recall and patience count
+  meta      JSON: the config and the model settings needed to rebuild the network
+Saves are asynchronous (the state is copied off the device before save() returns) and
+atomic: orbax writes into a temporary folder and commits it last, so a checkpoint cut
+short by a kill is never picked up. The last N checkpoints are kept, and the best by
+validation recall@5 (a tie keeps the earlier one, as the original).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from vgssl_jax.errors import ConfigError
 
 BEST_METRIC = "val/recall@5"
+ITEMS = ("state", "progress", "meta")
 
 
 def _rank(metrics: dict) -> float:
@@ -31,20 +37,34 @@ def manager(directory: str, keep: int = 2, read_only: bool = False) -> ocp.Check
       pp.BestN(get_metric_fn=_rank, reverse=True, n=1, keep_checkpoints_without_metrics=False)])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, read_only=read_only,
                                          create=not read_only, cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=("state", "meta"))
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict,
+def save(mngr: ocp.CheckpointManager, step: int, state, progress: dict, meta: dict,
          metrics: dict | None = None) -> None:
+  """Starts an asynchronous save of everything needed to resume at `step`."""
   metrics = None if not metrics or BEST_METRIC not in metrics else {**metrics, "step": step}
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          progress=ocp.args.JsonSave(progress),
                                           meta=ocp.args.JsonSave(meta)), metrics=metrics)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state) -> tuple:
+  """(state, progress, meta) saved at `step`; the state restored into `abstract_state`
+  (shapes, dtypes, shardings). A foreign or mismatching checkpoint is a ConfigError."""
+  try:
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), progress=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+  except Exception as e:  # orbax raises many types for damaged or foreign folders
+    raise ConfigError(f"cannot resume from the checkpoint {mngr.directory}/{step}: {str(e)[:600]}. "
+                      "It is damaged or was written by another model; use another --workdir.") from e
+  return out["state"], out["progress"], out["meta"]
 
 
 def best_or_latest_step(mngr: ocp.CheckpointManager) -> int | None:
   """The best step by validation recall@5 if any was validated, else the latest."""
-  best = mngr.best_step() if hasattr(mngr, "best_step") else None
+  best = mngr.best_step()
   return best if best is not None else mngr.latest_step()
 
 
@@ -56,7 +76,7 @@ def resolve(path: str) -> tuple[str, int | None]:
                       "folder or one of its step folders.")
   if os.path.isdir(os.path.join(path, "checkpoints")):
     return os.path.join(path, "checkpoints"), None
-  if os.path.isdir(os.path.join(path, "state")) and os.path.isdir(os.path.join(path, "meta")):
+  if all(os.path.isdir(os.path.join(path, item)) for item in ("state", "meta")):
     name = os.path.basename(path)
     if name.isdigit():
       return os.path.dirname(path), int(name)
@@ -90,15 +110,10 @@ def restore_variables(directory: str, step: int, template: dict, sharding) -> di
   except (ValueError, KeyError, FileNotFoundError) as e:
     raise ConfigError(f"the checkpoint at {directory}/{step} does not fit this model (shapes or "
                       f"structure differ, or it is not a vgssl_jax checkpoint): {str(e)[:500]}") from e
-  _check_shapes(abstract, state, f"{directory}/{step}")
-  return {"params": state["params"]["net"], "batch_stats": state["batch_stats"]["net"]}
-
-
-def _check_shapes(abstract, restored, where: str) -> None:
   want = jax.tree.map(lambda s: tuple(s.shape), abstract)
-  got = jax.tree.map(lambda a: tuple(a.shape), restored)
-  if want != got:
-    raise ConfigError(f"the checkpoint at {where} has other shapes than this model")
+  if jax.tree.map(lambda a: tuple(a.shape), state) != want:
+    raise ConfigError(f"the checkpoint at {directory}/{step} has other shapes than this model")
+  return {"params": state["params"]["net"], "batch_stats": state["batch_stats"]["net"]}
 
 
 def meta_for(config, epoch: int, metrics: dict | None = None) -> dict:

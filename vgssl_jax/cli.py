@@ -10,6 +10,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from vgssl_jax import parallel
 from vgssl_jax.config import validate
 from vgssl_jax.errors import ConfigError
 
@@ -73,10 +74,12 @@ def checked_config(config):
 
 
 def setup_logging(workdir: str | None) -> None:
+  """INFO to stderr; also to <workdir>/info.log from process 0 (the only one that writes)."""
+  import jax
   logging.getLogger().setLevel(logging.INFO)
   fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
   handlers = [logging.StreamHandler(sys.stderr)]
-  if workdir:
+  if workdir and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     handlers.append(logging.FileHandler(os.path.join(workdir, "info.log")))
   root = logging.getLogger()
@@ -85,7 +88,9 @@ def setup_logging(workdir: str | None) -> None:
   for h in handlers:
     h.setFormatter(fmt)
     root.addHandler(h)
-  logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing is not news
+  # backend probing (jax) and every checkpoint step (orbax, through absl) are not news
+  logging.getLogger("jax").setLevel(logging.WARNING)
+  logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 def run_main(argv: list[str], config_flag, workdir_flag, default_workdir, job) -> None:
@@ -96,8 +101,9 @@ def run_main(argv: list[str], config_flag, workdir_flag, default_workdir, job) -
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   config = checked_config(config_flag.value)
   workdir = workdir_flag.value or default_workdir(config)
-  setup_logging(workdir)
   try:
+    parallel.initialize_distributed(config.distributed)
+    setup_logging(workdir)
     job(config, workdir)
   except USER_ERRORS as e:
     sys.exit(f"error: {e}")

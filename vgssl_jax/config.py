@@ -4,6 +4,9 @@ compilation. Experiment files in configs/ start from `base_config()` and change 
 
 from __future__ import annotations
 
+import json
+import os
+
 import ml_collections
 
 from data_pipelines import datasets, mining, search, synthetic, test_time
@@ -20,13 +23,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.num_devices = 0              # devices of the ("data",) mesh; 0 = all visible
 
+  # Multi-host: jax.distributed.initialize() is called from SLURM's variables when a job has
+  # several tasks, or from these settings when coordinator_address is set.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""   # host:port of process 0
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "resnet50conv5"   # resnet{18,50,101}conv{4,5}
   c.model.width = 64                   # torchvision: 64; narrow variants for tests/demo
   c.model.fc_output_dim = 1024         # descriptor size D_g
   c.model.n_layers = 2                 # projector depth (0..3); 0 = no projector
   c.model.projection_size = 4096       # projector width P
-  c.model.dtype = "float32"            # compute dtype: float32 | bfloat16
+  c.model.dtype = "float32"            # compute dtype: float32 | bfloat16 (parameters,
+                                       # optimizer, BN statistics, losses stay float32)
+  c.model.pretrained = ""              # torchvision ResNet ImageNet weights (.pth/.safetensors)
 
   c.data = ml_collections.ConfigDict()
   c.data.root = "datasets"             # holds <name>/images/<split>/{database,queries}
@@ -56,7 +68,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.horizontal_flip = True       # whole-batch flip with p = 0.5
   c.train.infer_batch_size = 256       # batch of the mining and evaluation forwards
   c.train.val_every = 10               # validation every N epochs (0 = never)
+  c.train.patience = 0                 # stop after N validations without a better R@5 (0 = off)
+  c.train.lr_schedule = "constant"     # constant (the original) | cosine (with warm-up)
+  c.train.warmup_epochs = 0            # cosine: linear warm-up from lr / 10
+  c.train.grad_accum_steps = 1         # > 1: the global batch in micro-batches (see train.py)
   c.train.keep_checkpoints = 2         # the last N checkpoints are kept, and the best by val R@5
+  c.train.checkpoint_every = 0         # also checkpoint every N steps within an epoch (0: epoch
+                                       # ends only); a run always resumes from its last one
+  c.train.log_every = 50               # steps between metric lines (loss, lr, images/s, ...)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.sim_coeff = 25.0              # VICReg
@@ -164,6 +183,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.train.positive_radius > c.train.negative_radius:
     raise ConfigError("train.positive_radius must not exceed train.negative_radius.")
   _check_negatives(c)
+  _one_of(c.train.lr_schedule, ("constant", "cosine"), "train.lr_schedule")
+  for key in ("patience", "warmup_epochs", "checkpoint_every"):
+    if c.train[key] < 0:
+      raise ConfigError(f"train.{key}={c.train[key]} must be >= 0.")
+  if c.train.keep_checkpoints < 1 or c.train.log_every < 1 or c.train.grad_accum_steps < 1:
+    raise ConfigError("train.keep_checkpoints, train.log_every and train.grad_accum_steps must be "
+                      ">= 1.")
+  if c.model.pretrained and not os.path.isfile(c.model.pretrained):
+    raise ConfigError(f"model.pretrained={c.model.pretrained!r} is not a file: give the path of "
+                      "torchvision ResNet weights (.pth or .safetensors); nothing is downloaded.")
 
 
 def _check_negatives(c: ml_collections.ConfigDict) -> None:
@@ -184,6 +213,42 @@ def _check_negatives(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"loss.queue_size={c.loss.queue_size} is not a multiple of the global "
                       f"batch train.batch_size={t.batch_size}: the MoCo queue advances by whole "
                       "batches. Use e.g. a power of two for both.")
+
+
+# Settings a resumed run may change (logged); any other change is refused, because the
+# checkpoint would continue a different experiment.
+SAFE_TO_CHANGE = ("train.epochs", "train.val_every", "train.patience", "train.keep_checkpoints",
+                  "train.checkpoint_every", "train.log_every", "train.infer_batch_size",
+                  "data.root", "data.num_workers", "data.num_threads", "data.source",
+                  "data.records_dir", "eval.", "num_devices", "distributed.", "model.pretrained")
+SHAPE_KEYS = ("method", "model.", "loss.queue_size", "data.image_size")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """Keys whose value differs between a run's saved config and `config` (JSON-normalised).
+
+  Returns the safe changes; raises ConfigError naming the others (model-shape changes first)."""
+  old, new = _flat(saved), _flat(json.loads(config.to_json_best_effort()))
+  changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+  unsafe = [k for k in changed if not k.startswith(SAFE_TO_CHANGE)]
+  shape = [k for k in unsafe if k.startswith(SHAPE_KEYS)]
+  if unsafe:
+    detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in shape + [
+        k for k in unsafe if k not in shape])
+    what = "changes the model shape" if shape else "changes the experiment"
+    raise ConfigError(f"this config {what} of the run being resumed ({detail}). Use another "
+                      "--workdir for a new run, or the run's own config to resume it.")
+  return changed
 
 
 def eval_datasets(c: ml_collections.ConfigDict) -> list[str]:

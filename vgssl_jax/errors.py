@@ -9,5 +9,14 @@ class ConfigError(ValueError):
   """An impossible or unknown setting."""
 
 
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived; a checkpoint was saved and the same command resumes."""
+
+
 # What a user can fix: reported as "error: <message>" by the command-line entry points.
-USER_ERRORS = (ConfigError, DatasetError, FilenameFormatError, ImageReadError, FileExistsError)
+USER_ERRORS = (ConfigError, DatasetError, FilenameFormatError, ImageReadError, FileExistsError,
+               TrainingDiverged, Preempted)

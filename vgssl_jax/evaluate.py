@@ -3,8 +3,10 @@
   python -m vgssl_jax.evaluate --config configs/vicreg_msls.py --checkpoint runs/vicreg \
       --config.eval.datasets=pitts30k,tokyo247,msls --workdir runs/vicreg/eval
 
-Without --checkpoint the model is evaluated as initialised (a baseline). With one, the
-network's settings (method, model, image size) are read from the checkpoint. Writes, under
+Without --checkpoint the model is evaluated as initialised (a baseline). With one of our
+runs, the network's settings (method, model) are read from the checkpoint. A published
+VG-SSL model (PyTorch .pth) is imported (backbone + GeM + FC; the config describes it):
+  python -m vgssl_jax.evaluate --config configs/simclr_msls.py --checkpoint best_model.pth Writes, under
 --workdir:
   results.json               {dataset: {"recall@1": ..., "queries": n, "database": m, ...}}
   results.md                 the same as a Markdown table
@@ -24,24 +26,38 @@ import jax
 from absl import app, flags
 
 from vgssl_jax import checkpoints, cli, evaluation, experiment, parallel
+from vgssl_jax.models import pretrained
 from vgssl_jax.models.network import init_variables
 
 _CONFIG, _WORKDIR = cli.define_flags()
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "A training workdir, its checkpoints/ folder or one step folder; the "
-    "best checkpoint by validation recall@5 is used, else the latest.")
+    "checkpoint", None, "A training workdir, its checkpoints/ folder or one step folder (the "
+    "best checkpoint by validation recall@5 is used, else the latest); or a weights file: a "
+    "VG-SSL PyTorch checkpoint (.pth/.ckpt) or an export of ours (.safetensors/.npz).")
+
+
+WEIGHT_FILES = (".pth", ".pt", ".ckpt", ".safetensors", ".npz")
+
+
+def is_weight_file(checkpoint: str | None) -> bool:
+  return bool(checkpoint) and checkpoint.lower().endswith(WEIGHT_FILES)
 
 
 def load_variables(config, checkpoint: str | None, method, mesh) -> tuple[dict, dict]:
-  """(variables, info) of the model to evaluate."""
+  """(variables, info) of the model to evaluate: as initialised, from one of our runs, or
+  from a weights file (a VG-SSL PyTorch checkpoint or one of our exports)."""
   model = method.model
   template = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0),
                                                    tuple(config.data.image_size)))
-  if checkpoint is None:
+  if checkpoint is None or is_weight_file(checkpoint):
     variables = jax.jit(lambda: init_variables(model, jax.random.PRNGKey(config.seed),
                                                tuple(config.data.image_size)),
                         out_shardings=parallel.replicated(mesh))()
-    return variables, {"checkpoint": None, "note": "model as initialised (baseline)"}
+    if checkpoint is None:
+      return variables, {"checkpoint": None, "note": "model as initialised (baseline)"}
+    variables = pretrained.import_vgssl_checkpoint(checkpoint, jax.device_get(variables))
+    return (jax.device_put(variables, parallel.replicated(mesh)),
+            {"checkpoint": checkpoint, "note": "imported weights file"})
   directory, step, meta = checkpoints.read_meta(checkpoint)
   variables = checkpoints.restore_variables(directory, step, template, parallel.replicated(mesh))
   return variables, {"checkpoint": directory, "step": step, "epoch": meta.get("epoch"),
@@ -49,8 +65,16 @@ def load_variables(config, checkpoint: str | None, method, mesh) -> tuple[dict, 
 
 
 def adopt_checkpoint_model(config, checkpoint: str) -> None:
-  """The checkpoint decides the network: its method and model settings replace the config's."""
-  _, _, meta = checkpoints.read_meta(checkpoint)
+  """The checkpoint decides the network: its method and model settings replace the config's.
+
+  A run's checkpoint and our own .safetensors exports record them; original VG-SSL files do
+  not, so the config must describe that network (backbone, width, fc_output_dim)."""
+  if is_weight_file(checkpoint):
+    meta = pretrained.read_export_metadata(checkpoint)
+    if not meta.get("model"):
+      return
+  else:
+    _, _, meta = checkpoints.read_meta(checkpoint)
   with config.unlocked():
     for key, value in meta["model"].items():
       if config.model[key] != value:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from data_pipelines import datasets, loader, synthetic
 from data_pipelines.places import PlaceDataset
-from vgssl_jax import evaluation
+from vgssl_jax import evaluation, parallel
 from vgssl_jax.config import eval_datasets
 from vgssl_jax.inference import Embedder
 from vgssl_jax.methods import LossConfig, Method, make_method
@@ -76,3 +77,24 @@ def evaluate_all(config, embedder: Embedder, variables: dict, eval_sets: EvalSet
   return {name: {**evaluation.evaluate_places(embedder, variables, places, options, pca, out_dir),
                  "split": places.split, **check}
           for name, (places, check) in eval_sets.items()}
+
+
+def initial_state(config, trainer):
+  """A new train state; with model.pretrained, its backbone from torchvision weights."""
+  state = trainer.init_state()
+  if not config.model.pretrained:
+    return state
+  from vgssl_jax.models import pretrained
+  variables = pretrained.load_torchvision_backbone(
+      config.model.pretrained, {"params": state.params["net"],
+                                "batch_stats": state.batch_stats["net"]})
+  variables = jax.device_put(variables, parallel.replicated(trainer.mesh))
+  params = {**state.params, "net": variables["params"]}
+  batch_stats = {**state.batch_stats, "net": variables["batch_stats"]}
+  # the EMA target / key encoder starts as a copy of the online network, as without weights;
+  # Adam's moments are zeros whatever the parameters, so the optimizer state stays
+  method_state = state.method_state
+  if "target" in method_state:
+    method_state = {**method_state, "target": {"params": variables["params"],
+                                               "batch_stats": variables["batch_stats"]}}
+  return state.replace(params=params, batch_stats=batch_stats, method_state=method_state)

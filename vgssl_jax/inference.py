@@ -10,6 +10,7 @@ from jax.sharding import Mesh
 
 from data_pipelines import augment, images, loader
 from vgssl_jax import parallel
+from vgssl_jax.errors import ConfigError
 from vgssl_jax.progress import Progress
 
 OUTPUTS = ("descriptor", "projection")
@@ -23,7 +24,7 @@ class Embedder:
 
   def __init__(self, model, mesh: Mesh, batch_size: int, options: loader.LoaderOptions,
                progress: bool = True):
-    parallel.check_divisible(batch_size, mesh, "infer_batch_size")
+    parallel.check_divisible(batch_size, mesh, "train.infer_batch_size")
     self.model, self.mesh, self.batch_size, self.options = model, mesh, batch_size, options
     self.devices = mesh.devices.size
     self.progress = progress
@@ -59,17 +60,28 @@ class Embedder:
       raise ValueError("nothing to embed: the list of images is empty")
     variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
     fixed = getattr(views, "fixed_shape", True)
-    batch_size = self.batch_size if fixed else 1
+    n = len(indices)
+    if fixed:
+      # global batches of batch_size images (the last padded with a repeat of image 0);
+      # every process loads its own block of each batch (multi-host), like training
+      procs = jax.process_count()
+      padded = np.concatenate([indices, np.full((-n) % self.batch_size, indices[0])])
+      local = padded.reshape(-1, procs, self.batch_size // procs)[:, jax.process_index()]
+      local, local_batch = local.reshape(-1), self.batch_size // procs
+    else:
+      if jax.process_count() > 1:
+        raise ConfigError("test methods with query-dependent sizes (single_query) run in one "
+                          "process; evaluate on a single host.")
+      local, local_batch = indices, 1
     chunks = []
-    batches = loader.image_dataset(source, indices, batch_size, self.options, views)
-    steps = -(-len(indices) // batch_size)
+    batches = loader.image_dataset(source, local, local_batch, self.options, views)
+    steps = -(-len(local) // local_batch)
     for batch in Progress(batches, total=steps, desc=desc, unit="batch", enabled=self.progress):
-      n, v = batch.shape[:2]
-      flat = batch.reshape(n * v, *batch.shape[2:])
-      # pad to the full batch (fixed shapes) or to a multiple of the devices (others)
-      target = batch_size * v if fixed else -(-len(flat) // self.devices) * self.devices
-      if len(flat) < target:
+      m, v = batch.shape[:2]
+      flat = batch.reshape(m * v, *batch.shape[2:])
+      if not fixed:  # one image of its own size: pad to a multiple of the devices
+        target = -(-len(flat) // self.devices) * self.devices
         flat = np.concatenate([flat, np.zeros((target - len(flat), *flat.shape[1:]), flat.dtype)])
-      feats = self._forward(variables, parallel.shard_batch(flat, self.mesh), output)
-      chunks.append(np.asarray(feats)[:n * v].reshape(n, v, -1))
-    return np.concatenate(chunks).astype(np.float32)
+      feats = np.asarray(self._forward(variables, parallel.shard_batch(flat, self.mesh), output))
+      chunks.append(feats[:len(feats) if fixed else m * v].reshape(-1, v, feats.shape[-1]))
+    return np.concatenate(chunks)[:n].astype(np.float32)

@@ -3,6 +3,8 @@
   python -m vgssl_jax.main --config configs/demo.py --workdir runs/demo
   python -m vgssl_jax.main --config configs/vicreg_msls.py --workdir runs/vicreg \
       --config.data.root=/data/datasets
+
+Running the same command again resumes the run from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -17,23 +19,55 @@ from absl import app
 
 from data_pipelines.places import TrainPlaces
 from vgssl_jax import cli, evaluation, experiment, parallel
+from vgssl_jax.config import config_changes
+from vgssl_jax.errors import ConfigError
 from vgssl_jax.methods import descriptor_variables
-from vgssl_jax.train import Trainer, items_per_step
+from vgssl_jax.train import items_per_step
+from vgssl_jax.trainer import Trainer
 
 _CONFIG, _WORKDIR = cli.define_flags()
 
 
+def check_workdir(config, workdir: str) -> None:
+  """A workdir that holds a run of another config is refused before anything is written."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ConfigError(f"{path} is unreadable ({e}); use another --workdir.") from e
+    try:
+      changed = config_changes(saved, config)
+    except ConfigError as e:
+      raise ConfigError(f"--workdir {workdir} holds a run of another config: {e}") from None
+    if changed:
+      logging.info("workdir %s: continuing with changed settings %s", workdir, ", ".join(changed))
+
+
+def _write_json(path: str, data) -> None:
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(data, f, indent=1)
+
+
 def run(config, workdir: str) -> dict:
-  """Trains and evaluates; returns and writes {"before": ..., "after": ...} to results.json."""
+  """Trains (or resumes) and evaluates; writes {"before": ..., "after": ...} to results.json."""
   start = time.perf_counter()
+  check_workdir(config, workdir)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=1))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1))
   mesh = parallel.make_mesh(config.num_devices)
   items = items_per_step(config)
   parallel.check_divisible(items, mesh, "train.batch_size" if items == config.train.batch_size
                            else "train.batch_size / 2 (items per step with pair_negative)")
-  logging.info("mesh: %d %s device(s)", mesh.devices.size, jax.devices()[0].platform)
+  if config.train.grad_accum_steps > 1:
+    parallel.check_divisible(items // config.train.grad_accum_steps, mesh,
+                             "items per micro-batch (train.batch_size / train.grad_accum_steps)")
+  logging.info("mesh: %d %s device(s) in %d process(es)", mesh.devices.size,
+               jax.devices()[0].platform, jax.process_count())
 
   dc = config.data
   train_places = TrainPlaces.build(experiment.open_split(config, dc.name, "train"),
@@ -46,21 +80,28 @@ def run(config, workdir: str) -> dict:
   method = experiment.build_method(config)
   embedder = experiment.build_embedder(config, method, mesh)
   trainer = Trainer(config, method, mesh, train_places, workdir, embedder, val_places)
-  state = trainer.init_state()
+  state, progress = trainer.resume_or_init(lambda: experiment.initial_state(config, trainer))
 
   def evaluate(state):
     variables = descriptor_variables(state.params, state.batch_stats)
     return experiment.evaluate_all(config, embedder, variables, eval_sets)
 
   results = {}
+  before_path = os.path.join(workdir, "before.json")
   if config.eval.before:
-    results["before"] = evaluate(state)
-  state = trainer.fit(state)
+    if os.path.exists(before_path):  # a resumed run: the untrained model was scored already
+      with open(before_path) as f:
+        results["before"] = json.load(f)
+    else:
+      results["before"] = evaluate(state)
+      _write_json(before_path, results["before"])
+  try:
+    state = trainer.fit(state, progress)
+  finally:
+    trainer.close()
   results["after"] = evaluate(state)
   results["seconds"] = time.perf_counter() - start
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=1)
+  _write_json(os.path.join(workdir, "results.json"), results)
   table = evaluation.format_table({k: v for k, v in results.items() if k != "seconds"},
                                   tuple(config.eval.recall_values))
   print(f"\nRecall@N (%) on the {config.eval.split} split, {results['seconds']:.0f} s in all:\n"

@@ -6,11 +6,31 @@ losses see the global batch (= the original's SyncBN and all-gather).
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from vgssl_jax.errors import ConfigError
+
+
+def initialize_distributed(dc) -> None:
+  """jax.distributed.initialize() for multi-host runs: from the `distributed` config when a
+  coordinator address is given, else from SLURM's variables when the job has several tasks
+  (JAX detects the cluster). Single-process runs skip it."""
+  explicit = bool(dc.coordinator_address)
+  slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
+  if not (explicit or slurm):
+    return
+  # CPU devices of different processes exchange collectives over gloo (a no-op for the
+  # collectives of GPUs and TPUs, which have their own)
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if explicit:
+    jax.distributed.initialize(coordinator_address=dc.coordinator_address,
+                               num_processes=dc.num_processes, process_id=dc.process_id)
+  else:
+    jax.distributed.initialize()
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

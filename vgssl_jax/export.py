@@ -1,0 +1,62 @@
+"""Exports a trained retrieval network (backbone + GeM + FC) for use outside vgssl_jax.
+
+  python -m vgssl_jax.export --checkpoint runs/vicreg --out model.safetensors
+
+--checkpoint: a run's workdir, its checkpoints/ folder or one step folder (the best step by
+validation recall@5, else the latest). --out: `.safetensors` or `.npz`. Names are
+torchvision's under `backbone.` plus `aggregation.gem.p` and `aggregation.fc.{weight,bias}`,
+in PyTorch layouts (see vgssl_jax.models.pretrained). A .safetensors header also holds the
+method, model settings and image size (pretrained.read_export_metadata).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import jax
+import ml_collections
+
+from vgssl_jax import checkpoints
+from vgssl_jax.errors import USER_ERRORS
+from vgssl_jax.models import pretrained
+from vgssl_jax.models.network import build_model, init_variables
+
+
+def export(checkpoint: str, out: str) -> dict:
+  """Writes the checkpoint's retrieval network to `out`; returns what was written."""
+  pretrained.check_export_path(out)
+  directory, step, meta = checkpoints.read_meta(checkpoint)
+  model = build_model(ml_collections.ConfigDict(meta["model"]), meta["method"])
+  image_size = tuple(meta.get("image_size") or (224, 224))
+  template = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), image_size))
+  variables = checkpoints.restore_variables(
+      directory, step, template, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  metadata = {"format": "vgssl_jax descriptor model", "checkpoint": f"{directory}/{step}",
+              "step": step, "method": meta["method"], "model": meta["model"],
+              "image_size": list(image_size)}
+  state = pretrained.export_descriptor_model(variables, out, metadata)
+  logging.info("exported step %d of %s to %s: %s", step, directory, out,
+               pretrained.summarize(state))
+  return state
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m vgssl_jax.export", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--checkpoint", required=True,
+                      help="a run's workdir, its checkpoints/ folder or one step folder")
+  parser.add_argument("--out", required=True, help="output file: .safetensors or .npz")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                      datefmt="%H:%M:%S")
+  try:
+    state = export(args.checkpoint, args.out)
+  except USER_ERRORS as e:
+    sys.exit(f"error: {e}")
+  print(f"{args.out}: {pretrained.summarize(state)}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
