@@ -1,28 +1,62 @@
-"""Milliseconds per stage-1 train step, pairs/s and images/s, compilation timed separately.
+"""The stage-1 train step: ms/step, pairs/s, images/s, compile seconds, peak memory.
 
   python benchmarks/train_step.py --backbone resnet50conv5 --resolution 224x224 --batch 8
+  python benchmarks/train_step.py --compare-torch --torch-python /path/to/python-with-torch
+  python benchmarks/train_step.py --dtype bfloat16 --resolution 480x640 --batch 64   # a GPU
 
-Steady state: at least --warmup steps (>= 3; the first steps after compilation are
-several times slower while buffers are allocated) are run and discarded, then the
-median of --steps timed steps is reported. Writes JSON with --out.
+Compilation is timed separately; then at least --warmup steps (>= 3: the first steps
+after compilation are several times slower while buffers are allocated) are discarded and
+the median of the timed steps is reported. With --compare-torch the same step (ResNet,
+GeM, FC, projector, VICReg, Adam; vgssl_jax/models/torch_reference.py) runs in PyTorch in a
+worker process with the same environment, interleaved with ours in --rounds rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
+import os
+import subprocess
+import sys
 import time
 
-import jax
-import numpy as np
+import common
 
-from vgssl_jax import parallel
-from vgssl_jax.config import base_config
-from vgssl_jax.methods import LossConfig, make_method
-from vgssl_jax.models.network import build_model
-from vgssl_jax.train import create_train_state, jit_train_step, make_optimizer
+if __name__ == "__main__":
+  common.setup()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vgssl_jax import parallel  # noqa: E402
+from vgssl_jax.config import base_config  # noqa: E402
+from vgssl_jax.methods import LossConfig, make_method  # noqa: E402
+from vgssl_jax.models.network import build_model  # noqa: E402
+from vgssl_jax.models.resnet import parse_backbone  # noqa: E402
+from vgssl_jax.train import create_train_state, jit_train_step, make_optimizer  # noqa: E402
+
+
+class TorchWorker:
+  """benchmarks/torch_step.py in a subprocess: `run(n)` -> n step times (seconds)."""
+
+  def __init__(self, python: str, a):
+    depth, _ = parse_backbone(a.backbone)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_step.py")
+    self.proc = subprocess.Popen(
+        [python, script, "--depth", str(depth), "--width", str(a.width), "--resolution",
+         a.resolution, "--batch", str(a.batch), "--projection-size", str(a.projection_size),
+         "--fc-output-dim", str(a.fc_output_dim), "--dtype", a.dtype],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self.info = json.loads(self.proc.stdout.readline())
+
+  def run(self, n: int) -> list[float]:
+    self.proc.stdin.write(f"run {n}\n")
+    self.proc.stdin.flush()
+    return json.loads(self.proc.stdout.readline())
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
 
 
 def main():
@@ -38,11 +72,17 @@ def main():
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--devices", type=int, default=0, help="mesh size (0: all)")
   p.add_argument("--warmup", type=int, default=4)
-  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--steps", type=int, default=5, help="timed steps per round")
+  p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (with --compare-torch)")
+  p.add_argument("--compare-torch", action="store_true")
+  p.add_argument("--torch-python", default=sys.executable,
+                 help="a Python with torch installed, for --compare-torch")
   p.add_argument("--out", default=None, help="write the figures as JSON here")
   a = p.parse_args()
   if a.warmup < 3:
     p.error("--warmup must be >= 3: the first steps after compilation are not steady state")
+  if a.compare_torch and a.method != "vicreg":
+    p.error("--compare-torch times the VICReg step")
 
   c = base_config()
   c.method = a.method
@@ -63,29 +103,49 @@ def main():
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
-  times = []
-  for i in range(a.warmup + a.steps):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    if i >= a.warmup:
-      times.append(time.perf_counter() - t0)
-  ms = 1000 * statistics.median(times)
+
+  def run(n):
+    nonlocal state
+    times = []
+    for _ in range(n):
+      t = time.perf_counter()
+      state, metrics = compiled(state, batch)
+      jax.block_until_ready(state)
+      times.append(time.perf_counter() - t)
+    return times
+
+  run(a.warmup)
+  torch = TorchWorker(a.torch_python, a) if a.compare_torch else None
+  ours, theirs = [], []
+  if torch:
+    torch.run(a.warmup)
+  for _ in range(a.rounds if torch else 1):
+    ours += run(a.steps)
+    if torch:
+      theirs += torch.run(a.steps)
+  if torch:
+    torch.close()
+  ms = 1000 * common.median(ours)
+  dev = jax.devices()[0]
+  peak = (dev.memory_stats() or {}).get("peak_bytes_in_use") if dev.platform != "cpu" else None
   result = {
       "method": a.method, "backbone": a.backbone, "width": a.width, "image_size": list(size),
       "batch_pairs": a.batch, "dtype": a.dtype, "devices": mesh.devices.size,
-      "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
       "compile_s": compile_s, "ms_per_step": ms, "pairs_per_s": a.batch / ms * 1000,
-      "images_per_s": 2 * a.batch / ms * 1000, "step_ms_all": [1000 * t for t in times],
-      "loss": float(metrics["loss"]), "host": platform.node(), "date": time.strftime("%Y-%m-%d"),
+      "images_per_s": 2 * a.batch / ms * 1000, "step_s_all": ours,
+      "peak_device_memory_mb": None if peak is None else peak / 2 ** 20,
+      "peak_host_memory_mb": common.peak_host_memory_mb(),
   }
-  print(f"{a.method} {a.backbone} {size[0]}x{size[1]} batch {a.batch} {a.dtype} on "
-        f"{result['devices']} {result['platform']}: {ms:.0f} ms/step, "
-        f"{result['pairs_per_s']:.2f} pairs/s, {result['images_per_s']:.2f} images/s "
-        f"(compile {compile_s:.1f} s, median of {a.steps} after {a.warmup} warm-up)")
-  if a.out:
-    with open(a.out, "w") as f:
-      json.dump(result, f, indent=1)
+  summary = (f"{a.method} {a.backbone} {size[0]}x{size[1]} batch {a.batch} {a.dtype} on "
+             f"{result['devices']} {dev.platform}: {ms:.0f} ms/step, {result['pairs_per_s']:.2f} "
+             f"pairs/s, {result['images_per_s']:.2f} images/s (compile {compile_s:.1f} s, "
+             f"median of {len(ours)} after {a.warmup} warm-up)")
+  if torch:
+    torch_ms = 1000 * common.median(theirs)
+    result.update(torch_ms_per_step=torch_ms, torch_step_s_all=theirs, torch=torch.info,
+                  speedup_vs_torch=torch_ms / ms)
+    summary += f"; PyTorch {torch_ms:.0f} ms/step: {torch_ms / ms:.2f}x"
+  common.report(summary, result, a.out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 import grain
+from absl import flags
 import numpy as np
 from PIL import Image
 
@@ -35,12 +36,13 @@ class _LoadItem(grain.transforms.Map):
   query_images: images.ImageSource
   database: images.ImageSource
   size: tuple[int, int]
+  draft: bool = True
 
   def _load(self, item) -> dict:
-    out = {"query": images.load_image(self.query_images, item[0], self.size),
-           "positive": images.load_image(self.database, item[1], self.size)}
+    load = lambda source, i: images.load_image(source, i, self.size, self.draft)
+    out = {"query": load(self.query_images, item[0]), "positive": load(self.database, item[1])}
     if len(item) > 2:
-      out["negative"] = images.load_image(self.database, item[2], self.size)
+      out["negative"] = load(self.database, item[2])
     return out
 
   def map(self, index):
@@ -62,10 +64,11 @@ class _LoadImage(grain.transforms.Map):
   source: images.ImageSource
   size: tuple[int, int]
   views: Callable[[Image.Image], np.ndarray] | None = None
+  draft: bool = True
 
   def map(self, index):
     if self.views is None:
-      return images.load_image(self.source, index, self.size)[None]
+      return images.load_image(self.source, index, self.size, self.draft)[None]
     return self.views(self.source.open(index))
 
 
@@ -111,12 +114,17 @@ class LoaderOptions:
   num_workers: int = 0   # processes; 0 decodes in threads of this process
   num_threads: int = 4
   prefetch: int = 2
+  jpeg_draft: bool = True  # JPEG DCT downscaling before the resize (see images.decode)
 
 
 def _iterate(dataset: grain.MapDataset, options: LoaderOptions) -> grain.IterDataset:
   it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=options.num_threads,
                                                  prefetch_buffer_size=max(options.prefetch, options.num_threads)))
   if options.num_workers > 0:
+    # grain's worker processes read its absl flags: outside an absl app (a script, a
+    # notebook) take their defaults instead of failing in the worker
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.num_workers))
   return it
 
@@ -130,7 +138,7 @@ def pair_dataset(places: PlaceDataset, items: np.ndarray, local_batch: int,
   """
   load = _LoadItem(np.asarray(items), images.ConcatImages(places.images("queries"),
                                                           places.images("database")),
-                   places.images("database"), tuple(options.image_size))
+                   places.images("database"), tuple(options.image_size), options.jpeg_draft)
   dataset = grain.MapDataset.source(np.arange(len(items))).map(load).batch(
       local_batch, drop_remainder=True)
   return _iterate(dataset, options)
@@ -140,7 +148,7 @@ def image_dataset(source: images.ImageSource, indices: np.ndarray, batch_size: i
                   options: LoaderOptions, views=None) -> grain.IterDataset:
   """Batches (b, V, h, w, 3) uint8 of the views of images `source[indices]`, in order; the
   last batch may be smaller. `views`: image -> (V, h, w, 3) (default: one hard resize)."""
-  load = _LoadImage(source, tuple(options.image_size), views)
+  load = _LoadImage(source, tuple(options.image_size), views, options.jpeg_draft)
   dataset = grain.MapDataset.source(np.asarray(indices)).map(load).batch(
       batch_size, drop_remainder=False)
   return _iterate(dataset, options)

@@ -120,15 +120,28 @@ def hard_negatives(query_feats: np.ndarray, candidate_feats: np.ndarray,
   """(n, m) database ids: the m candidates nearest each query (ascending L2) that are not
   among its soft positives.
 
-  One top-k search for k = m + (most soft positives of any query), so that at least m
-  non-soft candidates are always among the k, then the soft ones are filtered out.
+  candidate_ids must be ascending. On the device the soft positives are excluded before
+  top_k(m); faiss cannot exclude, so it searches k = m + (most soft positives of any
+  query), which always leaves m non-soft candidates, and the soft ones are dropped after.
   """
-  k = min(len(candidate_ids), m + int(soft.counts.max(initial=0)))
-  k = min(len(candidate_ids), -(-k // 16) * 16)  # a few shapes only: fewer compilations
-  _, idx = search.knn(query_feats, candidate_feats, k, backend)
-  ids = candidate_ids[idx]
-  valid = ~_in_soft(soft, np.arange(len(soft)), ids, num_database)
-  out, complete = _first_m(valid, ids, m)
+  candidate_ids = np.asarray(candidate_ids, np.int64)
+  if backend == "device":
+    # each query's soft positives as candidate columns (-1 where not a candidate)
+    padded = soft.padded(fill=-1)
+    cols = np.searchsorted(candidate_ids, np.maximum(padded, 0))
+    cols = np.minimum(cols, len(candidate_ids) - 1)
+    found = (padded >= 0) & (candidate_ids[cols] == padded)
+    dist, idx = search.device_masked_knn(query_feats, candidate_feats,
+                                         np.where(found, cols, -1), m)
+    complete = np.isfinite(dist).all(axis=1) & (idx.shape[1] == m)
+    out = candidate_ids[idx]
+  else:
+    k = min(len(candidate_ids), m + int(soft.counts.max(initial=0)))
+    k = min(len(candidate_ids), -(-k // 16) * 16)  # a few shapes only: fewer compilations
+    _, idx = search.knn(query_feats, candidate_feats, k, backend)
+    ids = candidate_ids[idx]
+    valid = ~_in_soft(soft, np.arange(len(soft)), ids, num_database)
+    out, complete = _first_m(valid, ids, m)
   if not complete.all():
     row = int(np.flatnonzero(~complete)[0])
     raise ValueError(f"query row {row} has fewer than negs_num_per_query={m} candidates outside "

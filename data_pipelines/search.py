@@ -51,6 +51,49 @@ def device_knn(queries: np.ndarray, database: np.ndarray, k: int,
   return np.concatenate(dists), np.concatenate(idxs).astype(np.int64)
 
 
+@functools.partial(jax.jit, static_argnames=("k",))
+def _masked_topk_chunk(queries, database, db_sq, excluded, k):
+  dots = jnp.dot(queries, database.T, precision=jax.lax.Precision.HIGHEST)
+  dist = jnp.sum(queries * queries, axis=1, keepdims=True) - 2 * dots + db_sq[None, :]
+  rows = jnp.broadcast_to(jnp.arange(queries.shape[0])[:, None], excluded.shape)
+  # excluded columns (padding = an out-of-range column, dropped) can never be chosen
+  dist = dist.at[rows, excluded].set(jnp.inf, mode="drop")
+  neg, idx = jax.lax.top_k(-dist, k)
+  return -neg, idx
+
+
+def device_masked_knn(queries: np.ndarray, database: np.ndarray, excluded: np.ndarray, k: int,
+                      chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """Exact k-NN by squared L2 with per-query excluded database rows.
+
+  excluded: (Q, S) database row indices that query q must not return, padded with -1.
+  The exclusion happens on the device before top_k, so k stays small (top_k's cost grows
+  with k). Returns distances (Q, k) (inf where fewer than k rows are allowed) and indices.
+  """
+  queries = np.asarray(queries, np.float32)
+  excluded = np.asarray(excluded, np.int64).reshape(len(queries), -1)
+  n = len(database)
+  k = min(k, n)
+  db = jnp.asarray(database, jnp.float32)
+  db_sq = jnp.sum(db * db, axis=1)
+  # pad the excluded lists to a multiple of 8 columns: few shapes, few compilations
+  width = max(8, -(-excluded.shape[1] // 8) * 8)
+  excluded = np.where(excluded >= 0, excluded, n)
+  excluded = np.pad(excluded, ((0, 0), (0, width - excluded.shape[1])), constant_values=n)
+  chunk = max(1, min(chunk, len(queries)))
+  dists, idxs = [], []
+  for start in range(0, len(queries), chunk):
+    q, ex = queries[start:start + chunk], excluded[start:start + chunk]
+    m = len(q)
+    if m < chunk:
+      q = np.concatenate([q, np.zeros((chunk - m, q.shape[1]), np.float32)])
+      ex = np.concatenate([ex, np.full((chunk - m, width), n)])
+    d, i = _masked_topk_chunk(jnp.asarray(q), db, db_sq, jnp.asarray(ex.astype(np.int32)), k)
+    dists.append(np.asarray(d)[:m])
+    idxs.append(np.asarray(i)[:m])
+  return np.concatenate(dists), np.concatenate(idxs).astype(np.int64)
+
+
 def faiss_knn(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
   """Exact k-NN with faiss.IndexFlatL2 (a GPU index when faiss has GPUs)."""
   import faiss  # imported lazily: only this backend needs it

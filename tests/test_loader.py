@@ -91,3 +91,19 @@ def test_training_skips_unreadable_images_and_counts_them(tmp_path):
   assert batches[0]["skipped"].tolist() == [1, 0, 0]
   assert [int(v) for v in batches[0]["query"][:, 0, 0, 0]] == [120, 120, 120]
   assert [int(v) for v in batches[0]["positive"][:, 0, 0, 0]] == [80, 80, 40]
+
+
+def test_jpeg_draft_decoding_is_close_to_a_full_decode(tmp_path):
+  rng = np.random.default_rng(0)
+  # a smooth picture (colour blocks of 40 px): at the target scale no detail is lost
+  smooth = np.kron(rng.integers(0, 256, size=(5, 8, 3)), np.ones((40, 40, 1)))[:, :300].astype(np.uint8)
+  Image.fromarray(smooth).save(str(tmp_path / "big.jpg"), quality=95)  # 200 x 300
+  source = images.FileImages(str(tmp_path), ("big.jpg",))
+  full = images.load_image(source, 0, (50, 75), draft=False)
+  with Image.open(str(tmp_path / "big.jpg")) as im:  # PIL's full decode + bilinear resize
+    want = np.asarray(im.convert("RGB").resize((75, 50), Image.BILINEAR))
+  np.testing.assert_array_equal(full, want)
+  fast = images.load_image(source, 0, (50, 75), draft=True)
+  assert fast.shape == (50, 75, 3)
+  assert np.abs(fast.astype(int) - full.astype(int)).mean() < 4  # of 255: the same picture
+  assert not np.array_equal(fast, full)  # decoded at 1/2 scale: really another path

@@ -405,71 +405,9 @@ def test_export_command_writes_the_checkpoint_weights(tmp_path):
 def torch_resnet(torch, depth: int, width: int):
   """A torchvision-compatible ResNet (v1.5) with stem width `width`: same module names and
   children order as torchvision.models.resnet<depth>, which cannot be made narrow."""
-  nn = torch.nn
-  kind, blocks = BLOCKS[depth]
-
-  class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes, planes, stride, downsample):
-      super().__init__()
-      self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.relu = nn.ReLU(inplace=True)
-      self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.downsample = downsample
-
-    def forward(self, x):
-      identity = x if self.downsample is None else self.downsample(x)
-      y = self.relu(self.bn1(self.conv1(x)))
-      return self.relu(self.bn2(self.conv2(y)) + identity)
-
-  class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes, planes, stride, downsample):
-      super().__init__()
-      self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(planes)
-      self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(planes)
-      self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-      self.bn3 = nn.BatchNorm2d(planes * 4)
-      self.relu = nn.ReLU(inplace=True)
-      self.downsample = downsample
-
-    def forward(self, x):
-      identity = x if self.downsample is None else self.downsample(x)
-      y = self.relu(self.bn1(self.conv1(x)))
-      y = self.relu(self.bn2(self.conv2(y)))
-      return self.relu(self.bn3(self.conv3(y)) + identity)
-
-  block = BasicBlock if kind == "basic" else Bottleneck
-
-  class TorchResNet(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-      self.bn1 = nn.BatchNorm2d(width)
-      self.relu = nn.ReLU(inplace=True)
-      self.maxpool = nn.MaxPool2d(3, 2, 1)
-      inplanes = width
-      for stage, n in enumerate(blocks):
-        planes, stride = width * 2 ** stage, 1 if stage == 0 else 2
-        layers = []
-        for b in range(n):
-          down = None
-          if b == 0 and (stride != 1 or inplanes != planes * block.expansion):
-            down = nn.Sequential(nn.Conv2d(inplanes, planes * block.expansion, 1, stride,
-                                           bias=False), nn.BatchNorm2d(planes * block.expansion))
-          layers.append(block(inplanes, planes, stride if b == 0 else 1, down))
-          inplanes = planes * block.expansion
-        setattr(self, f"layer{stage + 1}", nn.Sequential(*layers))
-      self.avgpool = nn.AdaptiveAvgPool2d(1)
-      self.fc = nn.Linear(inplanes, 1000)
-
-  return TorchResNet()
+  del torch  # imported by the caller (importorskip); the reference imports it too
+  from vgssl_jax.models.torch_reference import ResNet
+  return ResNet(depth, width)
 
 
 def randomize(torch, module, seed: int):

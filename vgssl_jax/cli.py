@@ -91,6 +91,9 @@ def setup_logging(workdir: str | None) -> None:
   # backend probing (jax) and every checkpoint step (orbax, through absl) are not news
   logging.getLogger("jax").setLevel(logging.WARNING)
   logging.getLogger("absl").setLevel(logging.WARNING)
+  tunables = os.environ.get("GLIBC_TUNABLES")
+  logging.info("CPU malloc settings: %s", tunables or "glibc defaults (VGSSL_CPU_TUNING=0, "
+               "user settings or an accelerator host)")
 
 
 def run_main(argv: list[str], config_flag, workdir_flag, default_workdir, job) -> None:

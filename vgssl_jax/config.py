@@ -46,6 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = (480, 640)       # (H, W) hard resize, as the original
   c.data.num_workers = 0               # grain worker processes (0: threads in this process)
   c.data.num_threads = 4               # decoding threads per process
+  c.data.jpeg_draft = True             # decode JPEGs >= 2x the input size at 1/2..1/8 scale
+                                       # (libjpeg DCT scaling) before the bilinear resize
   c.data.source = "files"              # files | array_record (prepared with data_pipelines.tfds)
   c.data.records_dir = "tfds_data"     # where the ArrayRecord datasets were prepared
   c.data.synthetic = ml_collections.ConfigDict(

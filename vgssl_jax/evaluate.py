@@ -18,6 +18,12 @@ VG-SSL model (PyTorch .pth) is imported (backbone + GeM + FC; the config describ
 
 from __future__ import annotations
 
+from vgssl_jax import cpu_env
+
+if __name__ == "__main__":
+  cpu_env.apply()  # re-executes with the CPU malloc defaults before anything else loads
+
+# pylint: disable=wrong-import-position
 import json
 import logging
 import os

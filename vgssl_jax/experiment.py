@@ -36,7 +36,8 @@ def build_method(config) -> Method:
 
 def build_embedder(config, method: Method, mesh: Mesh, progress: bool = True) -> Embedder:
   dc = config.data
-  options = loader.LoaderOptions(tuple(dc.image_size), dc.num_workers, dc.num_threads)
+  options = loader.LoaderOptions(tuple(dc.image_size), dc.num_workers, dc.num_threads,
+                                  jpeg_draft=dc.jpeg_draft)
   return Embedder(method.model, mesh, config.train.infer_batch_size, options, progress)
 
 

@@ -9,6 +9,12 @@ Running the same command again resumes the run from its last checkpoint.
 
 from __future__ import annotations
 
+from vgssl_jax import cpu_env
+
+if __name__ == "__main__":
+  cpu_env.apply()  # re-executes with the CPU malloc defaults before anything else loads
+
+# pylint: disable=wrong-import-position
 import json
 import logging
 import os

@@ -86,8 +86,9 @@ class Trainer:
     self.tx = make_optimizer(tc.lr)
     self.step_fn = jit_train_step(method, self.tx, mesh, tc.random_resized_crop,
                                   tc.horizontal_flip, tc.grad_accum_steps)
-    self.options = loader.LoaderOptions(tuple(config.data.image_size), config.data.num_workers,
-                                        config.data.num_threads)
+    dc = config.data
+    self.options = loader.LoaderOptions(tuple(dc.image_size), dc.num_workers, dc.num_threads,
+                                        jpeg_draft=dc.jpeg_draft)
     self.mining = mining_config(config)
     self.items_per_step = items_per_step(config)
     self.metrics = MetricsWriter(workdir)

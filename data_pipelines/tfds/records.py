@@ -146,10 +146,10 @@ class RecordImages:
     data = self.record(index)["image"]
     return data.item() if isinstance(data, np.ndarray) else bytes(data)
 
-  def open(self, index: int) -> Image.Image:
+  def open(self, index: int, draft: tuple[int, int] | None = None) -> Image.Image:
     # The same decoder as FileImages, on the same bytes: identical pixels.
     return images.decode(self.encoded(index), f"{self.split}[{index}] ({self.paths[index]}) "
-                                              f"of {self.directory}")
+                                              f"of {self.directory}", draft)
 
   def name(self, index: int) -> str:
     return self.paths[index]

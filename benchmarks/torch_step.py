@@ -1,0 +1,52 @@
+"""The PyTorch stage-1 step as a worker for train_step.py --compare-torch.
+
+Reads commands on stdin, one per line ("run N": time N steps), and answers each with a JSON
+list of per-step seconds, so that the caller can interleave it with the JAX step in the
+same environment. Needs torch; run with the Python that has it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from vgssl_jax.models.torch_reference import make_step  # noqa: E402
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--depth", type=int, default=50)
+  p.add_argument("--width", type=int, default=64)
+  p.add_argument("--resolution", default="224x224")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--projection-size", type=int, default=4096)
+  p.add_argument("--fc-output-dim", type=int, default=1024)
+  p.add_argument("--dtype", default="float32")
+  a = p.parse_args()
+  h, w = (int(v) for v in a.resolution.lower().split("x"))
+  torch.manual_seed(0)
+  step = make_step(a.depth, a.width, a.fc_output_dim, a.projection_size, dtype=a.dtype)
+  x = torch.randn(a.batch, 3, h, w)
+  y = torch.randn(a.batch, 3, h, w)
+  print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}),
+        flush=True)
+  for line in sys.stdin:
+    cmd, n = line.split()
+    assert cmd == "run"
+    times = []
+    for _ in range(int(n)):
+      t0 = time.perf_counter()
+      step(x, y)
+      times.append(time.perf_counter() - t0)
+    print(json.dumps(times), flush=True)
+
+
+if __name__ == "__main__":
+  main()
