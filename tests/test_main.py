@@ -77,6 +77,12 @@ def test_missing_msls_says_where_it_looked_and_how_to_get_it(tmp_path):
   assert_clean_error(proc, "dataset 'msls' not found", str(tmp_path / "msls"), "mapillary")
 
 
+def test_too_few_devices_for_the_mesh(tiny_root, tmp_path):
+  proc = run_python(main_args(str(tmp_path), *tiny_overrides(tiny_root), "--config.num_devices=8"))
+  assert_clean_error(proc, "the mesh asks for 8 devices but only 1 are visible")
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
 def test_batch_not_divisible_by_devices(tiny_root, tmp_path):
   proc = run_python(main_args(str(tmp_path), *tiny_overrides(tiny_root),
                               "--config.train.batch_size=7"), devices=2)

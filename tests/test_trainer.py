@@ -31,3 +31,49 @@ def test_no_recompilation_across_steps_and_epochs(tiny_root, tmp_path):
   steps = [l for l in lines if "step_time_s" in l]
   assert len(steps) == 6 and all(0 <= l["input_wait"] <= 1 for l in steps)
   assert {"loss", "lr", "images_per_s", "pairs_per_s"} <= set(steps[0])
+
+
+def test_early_stopping_after_patience_validations(tiny_root, tmp_path, monkeypatch):
+  c = tiny_config(tiny_root)
+  c.train.epochs, c.train.val_every, c.train.patience = 6, 1, 2
+  mesh = parallel.make_mesh(1)
+  method = experiment.build_method(c)
+  embedder = experiment.build_embedder(c, method, mesh, progress=False)
+  train = TrainPlaces.build(experiment.open_split(c, "synthetic", "train"))
+  val = experiment.open_split(c, "synthetic", "val")
+  trainer = Trainer(c, method, mesh, train, str(tmp_path), embedder, val)
+  recalls = iter([50.0, 60.0, 60.0, 55.0, 70.0, 80.0])  # no gain at epochs 3 and 4
+  monkeypatch.setattr(trainer, "validate", lambda state: {"recall@1": 0.0,
+                                                           "recall@5": next(recalls)})
+  state, progress = trainer.resume_or_init()
+  state = trainer.fit(state, progress)
+  trainer.close()
+  assert int(state.step) == 4 * 2  # stopped after epoch 4 (2 steps per epoch)
+  # the best checkpoint is the first with R@5 = 60 (a tie keeps the earlier one), and the
+  # preservation policy kept it besides the last two
+  from vgssl_jax import checkpoints
+  assert checkpoints.best_step(trainer.mngr) == 4
+  assert trainer.mngr.all_steps() == [4, 6, 8]
+  assert checkpoints.read_meta(str(tmp_path))[1] == 4  # what the evaluation runner picks
+
+
+def test_tensorboard_events_when_a_writer_is_installed(tmp_path, monkeypatch):
+  import sys
+  import types
+  written = []
+
+  class FakeWriter:
+    def __init__(self, folder):
+      self.folder = folder
+
+    def add_scalar(self, key, value, step):
+      written.append((key, value, step))
+
+    def flush(self):
+      pass
+  monkeypatch.setitem(sys.modules, "tensorboardX", types.SimpleNamespace(SummaryWriter=FakeWriter))
+  from vgssl_jax.metrics import MetricsWriter
+  writer = MetricsWriter(str(tmp_path))
+  writer.write({"step": 3, "loss": 1.5, "lr": 1e-5, "note": "text"})
+  assert ("loss", 1.5, 3) in written and ("lr", 1e-5, 3) in written
+  assert json.loads(open(os.path.join(tmp_path, "metrics.jsonl")).read())["loss"] == 1.5

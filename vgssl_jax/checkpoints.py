@@ -34,7 +34,8 @@ def _rank(metrics: dict) -> float:
 def manager(directory: str, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
   policy = pp.AnyPreservationPolicy([
       pp.LatestN(keep),
-      pp.BestN(get_metric_fn=_rank, reverse=True, n=1, keep_checkpoints_without_metrics=False)])
+      # BestN keeps the last n in ascending order: the highest rank
+      pp.BestN(get_metric_fn=_rank, reverse=False, n=1, keep_checkpoints_without_metrics=False)])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, read_only=read_only,
                                          create=not read_only, cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
@@ -62,9 +63,24 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state) -> tuple:
   return out["state"], out["progress"], out["meta"]
 
 
+def _meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def best_step(mngr: ocp.CheckpointManager) -> int | None:
+  """The kept step with the highest validation recall@5 (the earliest among equals), or
+  None when no kept checkpoint was validated. Read from each checkpoint's metadata."""
+  ranked = []
+  for step in mngr.all_steps():
+    metrics = _meta(mngr, step).get("metrics") or {}
+    if BEST_METRIC in metrics:
+      ranked.append((_rank({**metrics, "step": step}), step))
+  return max(ranked)[1] if ranked else None
+
+
 def best_or_latest_step(mngr: ocp.CheckpointManager) -> int | None:
   """The best step by validation recall@5 if any was validated, else the latest."""
-  best = mngr.best_step()
+  best = best_step(mngr)
   return best if best is not None else mngr.latest_step()
 
 
@@ -87,11 +103,14 @@ def read_meta(path: str) -> tuple[str, int, dict]:
   """(checkpoints dir, step, meta) of the checkpoint `path` points at (best or latest)."""
   directory, step = resolve(path)
   mngr = manager(directory, read_only=True)
-  step = best_or_latest_step(mngr) if step is None else step
+  try:
+    step = best_or_latest_step(mngr) if step is None else step
+  except Exception as e:  # orbax raises several types for foreign or damaged folders
+    raise ConfigError(f"cannot read the checkpoints in {directory}: {e}") from e
   if step is None:
     raise ConfigError(f"no checkpoint found in {directory}: is it a vgssl_jax run folder?")
   try:
-    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    meta = _meta(mngr, step)
   except Exception as e:  # orbax raises several types for foreign or damaged folders
     raise ConfigError(f"cannot read the checkpoint metadata at {directory}/{step}: {e}") from e
   return directory, step, meta
