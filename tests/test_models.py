@@ -138,3 +138,27 @@ def test_resnet50_names_and_shapes_match_torchvision():
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   got = {k: v.shape for k, v in to_torch_state(zeros["params"], zeros["batch_stats"]).items()}
   assert got == want
+
+
+def test_bfloat16_descriptors_are_finite_and_close_to_float32():
+  """A batch of 128 through the jitted bfloat16 network (the evaluation batch of the demo):
+  XLA's CPU compiler once fused the bf16 feature map into the float32 aggregation and
+  produced NaNs here."""
+  from data_pipelines import augment
+  from vgssl_jax.train import create_train_state, make_optimizer
+  from vgssl_jax import parallel
+  from vgssl_jax.methods import LossConfig, make_method
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(128, 96, 128, 3), dtype=np.uint8)
+  out = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    net = GeoLocalizationNet("resnet18conv4", 16, 256, "vicreg", 2, 1024, dtype)
+    method = make_method("vicreg", net, LossConfig())
+    state = create_train_state(method, make_optimizer(1e-3), 0, (96, 128), parallel.make_mesh(1))
+    variables = {"params": state.params["net"], "batch_stats": state.batch_stats["net"]}
+    f = jax.jit(lambda v, x: net.apply(v, augment.normalize(x, net.dtype), train=False,
+                                       project=False)["descriptor"])
+    out[dtype] = np.asarray(f(variables, images))
+  assert np.isfinite(out[jnp.bfloat16]).all()
+  cos = np.sum(out[jnp.bfloat16] * out[jnp.float32], axis=1)
+  assert cos.min() > 0.99

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vgssl_jax.models.layers import Dense, Dtype, l2_normalize
+from vgssl_jax.models.layers import Dense, l2_normalize
 
 
 def gem(x: jax.Array, p: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -30,13 +30,17 @@ class GeM(nn.Module):
 
 
 class Aggregation(nn.Module):
-  """(N, H, W, C) feature map -> (N, fc_output_dim) L2-normalised descriptor."""
+  """(N, H, W, C) feature map -> (N, fc_output_dim) L2-normalised descriptor.
+
+  Always computed in float32, whatever the backbone's dtype: descriptors of different places
+  can differ in the third decimal (an untrained network's have cosines of 0.997), which
+  bfloat16's 8-bit mantissa would erase; the FC is a negligible share of the work.
+  """
   fc_output_dim: int = 1024
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = l2_normalize(x, axis=-1)      # L2 over channels at every location ("before_pool")
     x = GeM(name="gem")(x)
-    x = Dense(self.fc_output_dim, dtype=self.dtype, name="fc")(x)
+    x = Dense(self.fc_output_dim, dtype=jnp.float32, name="fc")(x)
     return l2_normalize(x, axis=-1)

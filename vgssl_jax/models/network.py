@@ -33,7 +33,12 @@ class GeoLocalizationNet(nn.Module):
   def __call__(self, images: jax.Array, train: bool, project: bool = True) -> dict:
     depth, last_stage = parse_backbone(self.backbone)
     features = ResNet(depth, last_stage, self.width, self.dtype, name="backbone")(images, train)
-    descriptor = Aggregation(self.fc_output_dim, self.dtype, name="aggregation")(features)
+    if features.dtype != jnp.float32:
+      # Materialise the bfloat16 feature map before the float32 aggregation: with the two
+      # fused, XLA's CPU compiler produced NaN descriptors for batches of 128 (jax 0.12.0.1;
+      # tests/test_models.py checks it). The barrier costs one buffer.
+      features = jax.lax.optimization_barrier(features)
+    descriptor = Aggregation(self.fc_output_dim, name="aggregation")(features)
     out = {"descriptor": descriptor}
     if project:
       out["projection"] = Projector(PROJECTOR_FAMILY[self.method], self.n_layers,
