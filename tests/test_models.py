@@ -6,6 +6,7 @@ import pytest
 from vgssl_jax.models import heads
 from vgssl_jax.models.aggregation import Aggregation, gem
 from vgssl_jax.models.layers import BatchNorm, Conv, l2_normalize
+from vgssl_jax.models.resnet import stem_max_pool
 from vgssl_jax.models.network import GeoLocalizationNet
 
 
@@ -68,6 +69,36 @@ def test_1x1_conv_as_matmul_equals_convolution(stride):
   want = jax.lax.conv_general_dilated(x, v["params"]["kernel"], (stride, stride), "VALID",
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
   np.testing.assert_allclose(conv.apply(v, x), want, rtol=1e-5, atol=1e-5)
+
+
+def _max_pool_numpy(x, g, k=3, s=2, p=1):
+  """nn.MaxPool2d(k, s, p) and its gradient in float64: the first maximum in row-major
+  window order takes the gradient, as PyTorch's CPU kernel does."""
+  n, h, w, c = x.shape
+  ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+  y, dx = np.full((n, ho, wo, c), -np.inf), np.zeros(x.shape)
+  for b, i, j, ch in np.ndindex(n, ho, wo, c):
+    best = None
+    for di in range(k):
+      for dj in range(k):
+        r, q = s * i + di - p, s * j + dj - p
+        if 0 <= r < h and 0 <= q < w and (best is None or x[b, r, q, ch] > y[b, i, j, ch]):
+          best, y[b, i, j, ch] = (r, q), x[b, r, q, ch]
+    dx[b, best[0], best[1], ch] += g[b, i, j, ch]
+  return y, dx
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 11, 3), (1, 8, 8, 2)])
+def test_stem_max_pool_and_its_gradient_follow_pytorch(shape):
+  rng = np.random.default_rng(5)
+  # after a ReLU: many exact ties at zero, and a few positive ties
+  x = np.maximum(rng.normal(size=shape), 0).round(1).astype(np.float32)
+  y = stem_max_pool(jnp.asarray(x))
+  g = rng.normal(size=y.shape).astype(np.float32)
+  dx = jax.grad(lambda v: jnp.sum(stem_max_pool(v) * g))(jnp.asarray(x))
+  want_y, want_dx = _max_pool_numpy(x.astype(np.float64), g.astype(np.float64))
+  np.testing.assert_array_equal(y, want_y)
+  np.testing.assert_allclose(dx, want_dx, rtol=1e-6, atol=1e-6)
 
 
 # The original's projector (spec §2.3): (layer kind, has bias) per nn.Sequential index.

@@ -29,6 +29,13 @@ def parse_backbone(name: str) -> tuple[int, int]:
   return int(match.group(1)), int(match.group(2))
 
 
+def stem_max_pool(x: jax.Array) -> jax.Array:
+  """nn.MaxPool2d(3, 2, 1). XLA's gradient gives a tie to the first maximum in the
+  window, as PyTorch does (tested). A custom VJP without select-and-scatter was
+  measured slower on CPU (benchmarks/README.md)."""
+  return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+
+
 class Downsample(nn.Module):
   features: int
   stride: int
@@ -113,7 +120,7 @@ class ResNet(nn.Module):
     block = BasicBlock if kind == "basic" else Bottleneck
     x = Conv(self.width, 7, 2, 3, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(x, train))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = stem_max_pool(x)
     for stage in range(self.last_stage - 1):  # layer1 .. layer3 or layer4
       x = ResLayer(block, self.width * 2 ** stage, blocks[stage], 1 if stage == 0 else 2,
                    self.dtype, name=f"layer{stage + 1}")(x, train)

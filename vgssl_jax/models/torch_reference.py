@@ -147,5 +147,5 @@ def make_step(depth=50, width=64, fc_output_dim=1024, projection_size=4096, lr=1
     loss = vicreg_loss(z1.float(), z2.float())
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
   return step
