@@ -69,3 +69,12 @@ def test_impossible_settings_are_rejected_with_the_fix():
   assert "train.mining='hard'" in bad(train__mining="hard")
   assert "eval.backend" in bad(eval__backend="annoy")
   assert "model.dtype" in bad(model__dtype="float16")
+  assert "train.positive_radius=-1" in bad(train__positive_radius=-1.0)
+  assert "eval.positive_radius=0" in bad(eval__positive_radius=0.0)
+  assert "train.lr=0" in bad(train__lr=0.0)
+  assert "grad_accum_steps=3 must divide the 32 items" in bad(train__batch_size=32,
+                                                              train__grad_accum_steps=3)
+  # with pair negatives a step holds half the batch in items: 32 -> 16, and 32 % 16 == 0
+  assert "must divide the 16 items" in bad(train__batch_size=32, train__grad_accum_steps=32,
+                                           train__pair_negative=True, train__neg_samples_num=10,
+                                           train__mining="partial")

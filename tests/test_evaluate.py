@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from data_pipelines import datasets, places
+from vgssl_jax import checkpoints
+from vgssl_jax.errors import ConfigError
 from tests.conftest import run_python, tiny_overrides
 from tests.test_main import assert_clean_error, main_args
 from tests.test_msls import VAL, write_part
@@ -50,41 +52,55 @@ def test_runner_writes_exports_that_reproduce_its_numbers(tiny_root, tmp_path):
   assert "| model | synthetic |" in open(os.path.join(out, "results.md")).read()
 
 
-def test_checkpoint_gives_the_numbers_of_the_training_run(tiny_root, tmp_path):
+def test_checkpoint_and_its_export_evaluate_like_the_training_run(tiny_root, tmp_path):
   run = str(tmp_path / "run")
   proc = run_python(main_args(run, *tiny_overrides(tiny_root)))
   assert proc.returncode == 0, proc.stderr[-3000:]
   trained = json.load(open(os.path.join(run, "results.json")))["after"]["synthetic"]
-  out = str(tmp_path / "eval")
+
+  def evaluate(name, *extra):
+    out = str(tmp_path / name)
+    proc = run_python(eval_args(out, *tiny_overrides(tiny_root), *extra))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exported = np.load(os.path.join(out, "descriptors", "synthetic.npz"))
+    return out, json.load(open(os.path.join(out, "results.json")))["synthetic"], exported
+
   # the checkpoint's model settings win over the config's (here a wider network)
-  proc = run_python(eval_args(out, *tiny_overrides(tiny_root), "--config.model.width=16",
-                              f"--checkpoint={run}"))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  evaluated = json.load(open(os.path.join(out, "results.json")))["synthetic"]
+  out, evaluated, from_checkpoint = evaluate("eval", f"--checkpoint={run}",
+                                             "--config.model.width=16")
   for n in (1, 5, 10, 20):
     assert evaluated[f"recall@{n}"] == trained[f"recall@{n}"]
   assert json.load(open(os.path.join(out, "model.json")))["step"] == 2
 
-
-def test_exported_weights_evaluate_like_the_run(tiny_root, tmp_path):
-  run = str(tmp_path / "run")
-  assert run_python(main_args(run, *tiny_overrides(tiny_root))).returncode == 0
-  trained = json.load(open(os.path.join(run, "results.json")))["after"]["synthetic"]
   out_file = str(tmp_path / "model.safetensors")
   proc = run_python(["-m", "vgssl_jax.export", f"--checkpoint={run}", f"--out={out_file}"])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  out = str(tmp_path / "eval")
-  proc = run_python(eval_args(out, *tiny_overrides(tiny_root), "--config.model.width=16",
-                              f"--checkpoint={out_file}"))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  evaluated = json.load(open(os.path.join(out, "results.json")))["synthetic"]
-  assert [evaluated[f"recall@{n}"] for n in (1, 5, 10)] == [trained[f"recall@{n}"] for n in (1, 5, 10)]
+  _, _, from_export = evaluate("eval_export", f"--checkpoint={out_file}",
+                              "--config.model.width=16")
+  # the same weights, bit for bit; and not the weights the network starts from
+  _, _, untrained = evaluate("eval_untrained")
+  for part in ("database", "queries"):
+    np.testing.assert_array_equal(from_export[part], from_checkpoint[part])
+    assert np.abs(untrained[part] - from_checkpoint[part]).max() > 1e-3
 
 
 def test_foreign_checkpoint_folder_is_a_clean_error(tmp_path):
   os.makedirs(tmp_path / "not_a_run")
   proc = run_python(eval_args(str(tmp_path / "out"), f"--checkpoint={tmp_path / 'not_a_run'}"))
   assert_clean_error(proc, "no checkpoint found")
+  (tmp_path / "model.txt").write_text("not weights")
+  with pytest.raises(ConfigError, match="a file of a kind not read here"):
+    checkpoints.resolve(str(tmp_path / "model.txt"))
+
+
+def test_evaluation_never_overwrites_a_training_run(tmp_path):
+  run = tmp_path / "run"
+  os.makedirs(run)
+  (run / "config.json").write_text("{}")
+  (run / "results.json").write_text('{"after": {}}')
+  proc = run_python(eval_args(str(run), f"--checkpoint={run}"))
+  assert_clean_error(proc, "holds a training run", os.path.join(str(run), "eval"))
+  assert (run / "results.json").read_text() == '{"after": {}}'
 
 
 def write_raw_msls(root):

@@ -55,6 +55,17 @@ def assert_clean_error(proc, *fragments):
     assert fragment in proc.stderr, proc.stderr[-3000:]
 
 
+def test_a_failed_start_does_not_block_the_corrected_command(tmp_path):
+  """A start that fails before training leaves only config.json; the next command with
+  other settings is not refused as a different run."""
+  workdir = str(tmp_path / "run")
+  for name in ("msl", "foo"):
+    proc = run_python(main_args(workdir, f"--config.data.root={tmp_path}",
+                                f"--config.data.name={name}"))
+    assert_clean_error(proc, f"'{name}'")
+    assert "holds a run of another config" not in proc.stderr
+
+
 @pytest.mark.parametrize("extra,fragments", [
     (["--config.train.bogus=1"], ["unknown config key 'train.bogus'"]),
     (["--config.trian.lr=1"], ["unknown config key 'trian.lr'", "train.lr"]),

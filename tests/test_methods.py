@@ -1,5 +1,7 @@
 """Method state and update order (spec §2.4-§2.7) on a tiny network."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,7 +108,11 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state():
   batch = {k: rng.integers(0, 256, size=(4, 32, 48, 3), dtype=np.uint8)
            for k in ("query", "positive")}
   hlo = step.lower(state, batch).as_text()
-  assert "convolution" in hlo and "bf16" in hlo  # convolutions and matmuls in bfloat16
+  # the convolutions and matrix products themselves run on bfloat16 operands
+  for op in ("convolution", "dot_general"):
+    lines = [line for line in hlo.splitlines() if f"stablehlo.{op}" in line]
+    assert lines and any(re.search(r": \(tensor<[0-9x]*xbf16>, tensor<[0-9x]*xbf16>\)", line)
+                         for line in lines), op
   for _ in range(2):
     state, metrics = step(state, batch)
   assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))

@@ -191,5 +191,7 @@ def test_bfloat16_descriptors_are_finite_and_close_to_float32():
                                        project=False)["descriptor"])
     out[dtype] = np.asarray(f(variables, images))
   assert np.isfinite(out[jnp.bfloat16]).all()
-  cos = np.sum(out[jnp.bfloat16] * out[jnp.float32], axis=1)
-  assert cos.min() > 0.99
+  # an untrained network's descriptors of different images are already close (cosine
+  # about 0.997), so check that each bf16 descriptor is nearest to its own float32 one
+  sim = out[jnp.bfloat16].astype(np.float64) @ out[jnp.float32].astype(np.float64).T
+  np.testing.assert_array_equal(sim.argmax(axis=1), np.arange(len(images)))

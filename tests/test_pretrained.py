@@ -333,8 +333,14 @@ def test_unreadable_files_are_clear_errors(tmp_path, monkeypatch):
     pretrained.load_state_dict(str(tmp_path / "w.h5"))
   for name in ("w.safetensors", "w.npz"):
     (tmp_path / name).write_bytes(b"garbage")
-    with pytest.raises(ConfigError, match=f"cannot read .*{name}"):
+    with pytest.raises(ConfigError, match=f"cannot read .*{name}") as err:
       pretrained.load_state_dict(str(tmp_path / name))
+    assert "allow_pickle" not in str(err.value)  # numpy's advice for a damaged .npz
+  # the evaluation runner reads an export's metadata first
+  with pytest.raises(ConfigError, match="cannot read .*w.safetensors"):
+    pretrained.read_export_metadata(str(tmp_path / "w.safetensors"))
+  with pytest.raises(ConfigError, match="does not exist"):
+    pretrained.read_export_metadata(str(tmp_path / "nope.safetensors"))
   (tmp_path / "w.pth").write_bytes(b"")
   monkeypatch.setitem(__import__("sys").modules, "torch", None)  # torch not installed
   with pytest.raises(ConfigError, match="pip install torch"):

@@ -1,4 +1,5 @@
 import filecmp
+import json
 import os
 
 import numpy as np
@@ -25,11 +26,15 @@ def test_generation_is_deterministic(tmp_path):
 
 def test_regenerates_only_its_own_folders(tmp_path):
   root = str(tmp_path)
-  synthetic.ensure_dataset(root, "s", TINY_SYNTHETIC)
+  folder = synthetic.ensure_dataset(root, "s", TINY_SYNTHETIC)
+  queries = os.path.join(folder, "images", "test", "queries")
+  first = {n: open(os.path.join(queries, n), "rb").read() for n in os.listdir(queries)}
   other = synthetic.SyntheticConfig(**{**TINY_SYNTHETIC.__dict__, "seed": 5})
-  folder = synthetic.ensure_dataset(root, "s", other)
-  assert synthetic.SyntheticConfig(**{**TINY_SYNTHETIC.__dict__}).fingerprint() != other.fingerprint()
-  assert os.path.exists(os.path.join(folder, synthetic.MANIFEST))
+  assert synthetic.ensure_dataset(root, "s", other) == folder
+  with open(os.path.join(folder, synthetic.MANIFEST)) as f:
+    assert json.load(f)["fingerprint"] == other.fingerprint() != TINY_SYNTHETIC.fingerprint()
+  second = {n: open(os.path.join(queries, n), "rb").read() for n in os.listdir(queries)}
+  assert first != second  # another seed: other places and pictures
   os.makedirs(os.path.join(root, "mine"))
   with pytest.raises(FileExistsError, match="not a synthetic dataset"):
     synthetic.ensure_dataset(root, "mine", TINY_SYNTHETIC)

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("tensorflow_datasets")
 
@@ -168,6 +169,15 @@ def test_prepare_command_line(tmp_path):
       [sys.executable, "-m", "data_pipelines.tfds.prepare", "--name", "absent", "--root", root,
        "--data_dir", out], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1 and "absent" in result.stderr and "Traceback" not in result.stderr
+  bad = os.path.join(root, "bad", "images", "test")
+  for part, name in (("database", "@abc@def@10@S@.jpg"), ("queries", "@1.0@2.0@10@S@.jpg")):
+    os.makedirs(os.path.join(bad, part))
+    Image.new("RGB", (8, 8)).save(os.path.join(bad, part, name))
+  result = subprocess.run(
+      [sys.executable, "-m", "data_pipelines.tfds.prepare", "--name", "bad", "--root", root,
+       "--data_dir", out], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert "@abc@def@10@S@.jpg" in result.stderr
 
 
 def test_any_folder_in_the_at_layout(tmp_path):

@@ -90,6 +90,10 @@ def resolve(path: str) -> tuple[str, int | None]:
   if not os.path.exists(path):
     raise ConfigError(f"checkpoint {path} does not exist: pass a run's workdir, its checkpoints/ "
                       "folder or one of its step folders.")
+  if os.path.isfile(path):
+    raise ConfigError(f"checkpoint {path} is a file of a kind not read here: pass a run's "
+                      "workdir or checkpoint folder, or a .pth, .pt, .ckpt, .safetensors or .npz "
+                      "weights file.")
   if os.path.isdir(os.path.join(path, "checkpoints")):
     return os.path.join(path, "checkpoints"), None
   if all(os.path.isdir(os.path.join(path, item)) for item in ("state", "meta")):

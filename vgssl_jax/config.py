@@ -150,6 +150,14 @@ def _one_of(value, allowed, key):
                       f" (set it with --config.{key}=...).")
 
 
+def items_per_step(config) -> int:
+  """Dataset items per step: with attached negatives each item gives two pairs, so the
+  original halves the item batch and a step keeps train.batch_size pairs (spec §3.3)."""
+  tc = config.train
+  halve = tc.pair_negative and tc.neg_samples_num > 0
+  return tc.batch_size // 2 if halve else tc.batch_size
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the setting and the fix; runs before anything is compiled."""
   _one_of(c.method, methods.METHODS, "method")
@@ -182,6 +190,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.train.queries_per_epoch < c.train.batch_size:
     raise ConfigError(f"train.queries_per_epoch={c.train.queries_per_epoch} is smaller than "
                       f"train.batch_size={c.train.batch_size}: an epoch would have no step.")
+  for key in ("train.positive_radius", "train.negative_radius", "eval.positive_radius",
+              "train.lr"):
+    section, name = key.split(".")
+    if not c[section][name] > 0:
+      raise ConfigError(f"{key}={c[section][name]} must be > 0.")
   if c.train.positive_radius > c.train.negative_radius:
     raise ConfigError("train.positive_radius must not exceed train.negative_radius.")
   _check_negatives(c)
@@ -192,6 +205,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.train.keep_checkpoints < 1 or c.train.log_every < 1 or c.train.grad_accum_steps < 1:
     raise ConfigError("train.keep_checkpoints, train.log_every and train.grad_accum_steps must be "
                       ">= 1.")
+  items, accum = items_per_step(c), c.train.grad_accum_steps
+  if items % accum:
+    raise ConfigError(f"train.grad_accum_steps={accum} must divide the {items} items of a step "
+                      "(train.batch_size, halved with train.pair_negative and negatives).")
   if c.model.pretrained and not os.path.isfile(c.model.pretrained):
     raise ConfigError(f"model.pretrained={c.model.pretrained!r} is not a file: give the path of "
                       "torchvision ResNet weights (.pth or .safetensors); nothing is downloaded.")

@@ -32,6 +32,7 @@ import jax
 from absl import app, flags
 
 from vgssl_jax import checkpoints, cli, evaluation, experiment, parallel
+from vgssl_jax.errors import ConfigError
 from vgssl_jax.models import pretrained
 from vgssl_jax.models.network import init_variables
 
@@ -91,6 +92,9 @@ def adopt_checkpoint_model(config, checkpoint: str) -> None:
 
 
 def run(config, checkpoint: str | None, workdir: str) -> dict:
+  if os.path.exists(os.path.join(workdir, "config.json")):  # its results.json is the run's
+    raise ConfigError(f"--workdir {workdir} holds a training run; write the evaluation to "
+                      f"another folder, e.g. --workdir {os.path.join(workdir, 'eval')}.")
   os.makedirs(workdir, exist_ok=True)
   if checkpoint:
     adopt_checkpoint_model(config, checkpoint)

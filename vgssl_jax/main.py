@@ -25,19 +25,26 @@ from absl import app
 
 from data_pipelines.places import TrainPlaces
 from vgssl_jax import cli, evaluation, experiment, parallel
-from vgssl_jax.config import config_changes
+from vgssl_jax.config import config_changes, items_per_step
 from vgssl_jax.errors import ConfigError
 from vgssl_jax.methods import descriptor_variables
-from vgssl_jax.train import items_per_step
 from vgssl_jax.trainer import Trainer
 
 _CONFIG, _WORKDIR = cli.define_flags()
 
 
+def holds_run(workdir: str) -> bool:
+  """Whether `workdir` has results of a run (a checkpoint or the untrained model's scores),
+  not only the config.json of a start that failed before training."""
+  ckpt = os.path.join(workdir, "checkpoints")
+  steps = [d for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+  return bool(steps) or os.path.exists(os.path.join(workdir, "before.json"))
+
+
 def check_workdir(config, workdir: str) -> None:
   """A workdir that holds a run of another config is refused before anything is written."""
   path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
+  if os.path.exists(path) and holds_run(workdir):
     try:
       with open(path) as f:
         saved = json.load(f)

@@ -170,9 +170,3 @@ def mining_config(config) -> mining.MiningConfig:
                              tc.negs_num_per_query, tc.pair_negative)
 
 
-def items_per_step(config) -> int:
-  """Dataset items per step: with attached negatives each item gives two pairs, so the
-  original halves the item batch and a step keeps train.batch_size pairs (spec §3.3)."""
-  tc = config.train
-  halve = tc.pair_negative and tc.neg_samples_num > 0
-  return tc.batch_size // 2 if halve else tc.batch_size

@@ -23,15 +23,14 @@ from jax.sharding import Mesh
 from data_pipelines import loader, mining
 from data_pipelines.places import PlaceDataset, TrainPlaces
 from vgssl_jax import checkpoints, evaluation, parallel
-from vgssl_jax.config import config_changes
+from vgssl_jax.config import config_changes, items_per_step
 from vgssl_jax.errors import Preempted, TrainingDiverged
 from vgssl_jax.inference import Embedder
 from vgssl_jax.methods import Method, descriptor_variables
 from vgssl_jax.metrics import MetricsWriter
 from vgssl_jax.progress import Progress
 from vgssl_jax.train import (TrainState, abstract_train_state, create_train_state, epoch_lr,
-                             items_per_step, jit_train_step, make_optimizer, mining_config,
-                             with_lr)
+                             jit_train_step, make_optimizer, mining_config, with_lr)
 
 
 def pairs_to_json(pairs: mining.GeoPairs) -> dict:

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from data_pipelines import datasets, places, synthetic
+from data_pipelines import datasets, formats, images, places, synthetic
 from data_pipelines.tfds import records
 
 
@@ -120,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   try:
     directory = prepare(a.name, a.root, a.data_dir, splits, overwrite=a.overwrite,
                         num_shards=a.num_shards)
-  except (places.DatasetError, ImportError) as e:
+  except (places.DatasetError, formats.FilenameFormatError, images.ImageReadError,
+          ImportError) as e:
     sys.exit(f"error: {e}")
   print(describe(directory))
 

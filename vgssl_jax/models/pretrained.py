@@ -66,9 +66,7 @@ def load_state_dict(path: str) -> State:
   Unwraps Lightning checkpoints (`state_dict`), `model_state_dict` and DataParallel's
   `module.` prefix (see `unwrap_state`).
   """
-  if not os.path.isfile(path):
-    raise ConfigError(f"weights file {path} does not exist: pass the path of a .pth, .pt, "
-                      ".ckpt, .safetensors or .npz file.")
+  _check_weights_file(path)
   ext = os.path.splitext(path)[1].lower()
   if ext in (".pth", ".pt", ".ckpt"):
     obj = _torch_load(path)
@@ -80,6 +78,12 @@ def load_state_dict(path: str) -> State:
   return unwrap_state(obj, path)
 
 
+def _check_weights_file(path: str) -> None:
+  if not os.path.isfile(path):
+    raise ConfigError(f"weights file {path} does not exist: pass the path of a .pth, .pt, "
+                      ".ckpt, .safetensors or .npz file.")
+
+
 def _numpy_load(path: str, ext: str) -> dict:
   try:
     if ext == ".safetensors":
@@ -88,8 +92,10 @@ def _numpy_load(path: str, ext: str) -> dict:
     with np.load(path, allow_pickle=False) as data:
       return {k: data[k] for k in data.files}
   except Exception as e:  # each format raises its own types for a damaged file
-    raise ConfigError(f"cannot read {path} as {ext}: {str(e)[:200] or type(e).__name__}; is "
-                      "the file complete?") from e
+    # numpy reports a damaged .npz as "pickled data" and suggests allow_pickle: not for us
+    why = "not a NumPy archive of arrays" if "pickle" in str(e) else str(e)[:200]
+    raise ConfigError(f"cannot read {path} as {ext}: {why or type(e).__name__}; is the file "
+                      "complete?") from e
 
 
 def _torch_load(path: str):
@@ -380,9 +386,14 @@ def read_export_metadata(path: str) -> dict:
   """The metadata `export_descriptor_model` wrote into a .safetensors file ({} if none)."""
   if not path.lower().endswith(".safetensors"):
     return {}
+  _check_weights_file(path)
   from safetensors import safe_open
-  with safe_open(path, "np") as f:
-    header = f.metadata() or {}
+  try:
+    with safe_open(path, "np") as f:
+      header = f.metadata() or {}
+  except Exception as e:  # safetensors' own error type for a damaged header
+    raise ConfigError(f"cannot read {path} as .safetensors: {str(e)[:200]}; is the file "
+                      "complete?") from e
   out = {}
   for key, value in header.items():
     try:
