@@ -75,6 +75,10 @@ def checked_config(config):
 
 def setup_logging(workdir: str | None) -> None:
   """INFO to stderr; also to <workdir>/info.log from process 0 (the only one that writes)."""
+  # backend probing (jax, also at the first process_index() below) and every checkpoint
+  # step (orbax, through absl) are not news
+  logging.getLogger("jax").setLevel(logging.WARNING)
+  logging.getLogger("absl").setLevel(logging.WARNING)
   import jax
   logging.getLogger().setLevel(logging.INFO)
   fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
@@ -88,9 +92,6 @@ def setup_logging(workdir: str | None) -> None:
   for h in handlers:
     h.setFormatter(fmt)
     root.addHandler(h)
-  # backend probing (jax) and every checkpoint step (orbax, through absl) are not news
-  logging.getLogger("jax").setLevel(logging.WARNING)
-  logging.getLogger("absl").setLevel(logging.WARNING)
   tunables = os.environ.get("GLIBC_TUNABLES")
   logging.info("CPU malloc settings: %s", tunables or "glibc defaults (VGSSL_CPU_TUNING=0, "
                "user settings or an accelerator host)")
