@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests.conftest import run_python, tiny_overrides
+from tests.conftest import REPO, run_python, tiny_overrides
 
 
 def main_args(workdir, *extra, config="configs/demo.py"):
@@ -53,6 +53,14 @@ def assert_clean_error(proc, *fragments):
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   for fragment in fragments:
     assert fragment in proc.stderr, proc.stderr[-3000:]
+
+
+def test_a_setting_given_twice_is_refused():
+  from vgssl_jax import cli
+  with pytest.raises(SystemExit, match="--config.data.image_size given more than once"):
+    cli.parse_flags(["main", f"--config={os.path.join(REPO, 'configs', 'demo.py')}",
+                     "--config.data.image_size=(32,32)",
+                     "--config.train.lr=0.1", "--config.data.image_size=64"])
 
 
 def test_a_failed_start_does_not_block_the_corrected_command(tmp_path):

@@ -178,6 +178,7 @@ def test_prepare_command_line(tmp_path):
        "--data_dir", out], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert "@abc@def@10@S@.jpg" in result.stderr
+  assert not os.path.exists(os.path.join(out, records.BUILDER_NAME, "bad"))  # no empty folders
 
 
 def test_any_folder_in_the_at_layout(tmp_path):

@@ -49,6 +49,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   if not os.path.isfile(path.split(":")[0]):
     sys.exit(f"error: config file {path!r} does not exist (run from the repository root, "
              "configs are in configs/).")
+  keys = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  twice = sorted({k for k in keys if keys.count(k) > 1})
+  if twice:  # ml_collections would join the values of a tuple setting, not keep the last
+    sys.exit(f"error: {', '.join(twice)} given more than once; give each setting once.")
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:

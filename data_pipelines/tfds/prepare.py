@@ -86,12 +86,27 @@ def prepare(name: str, root: str, data_dir: str, splits: Sequence[str] | None = 
       wanted = have + [s for s in wanted if s not in have]
       print(f"{name}: adding splits to {directory}: rewriting it with {wanted}")
       mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+  created = [d for d in (os.path.join(data_dir, records.BUILDER_NAME, name),
+                         os.path.join(data_dir, "downloads")) if not os.path.exists(d)]
   builder = builder_lib.VgPlaces(config=name, data_dir=data_dir, splits=wanted,
                                  synthetic_config=synthetic_config)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=root, download_mode=mode, num_shards=num_shards,
-      compute_stats=tfds.download.ComputeStatsMode.SKIP))  # statistics would need TensorFlow
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=root, download_mode=mode, num_shards=num_shards,
+        compute_stats=tfds.download.ComputeStatsMode.SKIP))  # statistics would need TensorFlow
+  except BaseException:
+    _remove_empty(created)  # a failed first attempt leaves no empty folders behind
+    raise
   return directory
+
+
+def _remove_empty(folders: Sequence[str]) -> None:
+  for folder in folders:
+    for path, _, _ in sorted(os.walk(folder), reverse=True):  # deepest first
+      try:
+        os.rmdir(path)  # only succeeds on an empty folder: nothing written is deleted
+      except OSError:
+        pass
 
 
 def describe(directory: str) -> str:
