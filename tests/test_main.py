@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests.conftest import REPO, run_python, tiny_overrides
+from tests.conftest import run_python, tiny_overrides
 
 
 def main_args(workdir, *extra, config="configs/demo.py"):
@@ -55,12 +55,12 @@ def assert_clean_error(proc, *fragments):
     assert fragment in proc.stderr, proc.stderr[-3000:]
 
 
-def test_a_setting_given_twice_is_refused():
+def test_the_last_of_repeated_overrides_wins():
   from vgssl_jax import cli
-  with pytest.raises(SystemExit, match="--config.data.image_size given more than once"):
-    cli.parse_flags(["main", f"--config={os.path.join(REPO, 'configs', 'demo.py')}",
-                     "--config.data.image_size=(32,32)",
-                     "--config.train.lr=0.1", "--config.data.image_size=64"])
+  argv = ["main", "--config=c.py", "--config.data.image_size=(32,32)", "--config.train.lr=0.1",
+          "--config.data.image_size=(64,48)", "--workdir=w"]
+  assert cli.last_overrides(argv) == ["main", "--config=c.py", "--config.train.lr=0.1",
+                                      "--config.data.image_size=(64,48)", "--workdir=w"]
 
 
 def test_a_failed_start_does_not_block_the_corrected_command(tmp_path):

@@ -41,6 +41,13 @@ def _all_keys(config, prefix="") -> list[str]:
   return keys
 
 
+def last_overrides(argv: list[str]) -> list[str]:
+  """`argv` with only the last of repeated `--config.key=value` overrides: absl keeps the
+  last value of a scalar but ml_collections joins the values of a tuple setting."""
+  keys = [a.split("=", 1)[0] if a.startswith("--config.") and "=" in a else None for a in argv]
+  return [a for i, (a, k) in enumerate(zip(argv, keys)) if k is None or k not in keys[i + 1:]]
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing that turns config mistakes into one clear message, not a traceback."""
   path = _config_path(argv)
@@ -49,12 +56,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   if not os.path.isfile(path.split(":")[0]):
     sys.exit(f"error: config file {path!r} does not exist (run from the repository root, "
              "configs are in configs/).")
-  keys = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
-  twice = sorted({k for k in keys if keys.count(k) > 1})
-  if twice:  # ml_collections would join the values of a tuple setting, not keep the last
-    sys.exit(f"error: {', '.join(twice)} given more than once; give each setting once.")
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(last_overrides(argv))
   except (AttributeError, KeyError) as e:
     # an override of a key that the config does not have
     config = config_flags.config_flags._LoadConfigModule("config", path.split(":")[0]).get_config()
