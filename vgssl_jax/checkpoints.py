@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from vgssl_jax.errors import ConfigError
+from vgssl_jax.models.pretrained import WEIGHT_FILES_TEXT
 
 BEST_METRIC = "val/recall@5"
 ITEMS = ("state", "progress", "meta")
@@ -92,8 +93,7 @@ def resolve(path: str) -> tuple[str, int | None]:
                       "folder or one of its step folders.")
   if os.path.isfile(path):
     raise ConfigError(f"checkpoint {path} is a file of a kind not read here: pass a run's "
-                      "workdir or checkpoint folder, or a .pth, .pt, .ckpt, .safetensors or .npz "
-                      "weights file.")
+                      f"workdir or checkpoint folder, or a {WEIGHT_FILES_TEXT} weights file.")
   if os.path.isdir(os.path.join(path, "checkpoints")):
     return os.path.join(path, "checkpoints"), None
   if all(os.path.isdir(os.path.join(path, item)) for item in ("state", "meta")):

@@ -6,8 +6,8 @@
 Without --checkpoint the model is evaluated as initialised (a baseline). With one of our
 runs, the network's settings (method, model) are read from the checkpoint. A published
 VG-SSL model (PyTorch .pth) is imported (backbone + GeM + FC; the config describes it):
-  python -m vgssl_jax.evaluate --config configs/simclr_msls.py --checkpoint best_model.pth Writes, under
---workdir:
+  python -m vgssl_jax.evaluate --config configs/simclr_msls.py --checkpoint best_model.pth
+Writes, under --workdir:
   results.json               {dataset: {"recall@1": ..., "queries": n, "database": m, ...}}
   results.md                 the same as a Markdown table
   descriptors/<dataset>.npz  database, queries, database_paths, queries_paths
@@ -43,11 +43,8 @@ _CHECKPOINT = flags.DEFINE_string(
     "VG-SSL PyTorch checkpoint (.pth/.ckpt) or an export of ours (.safetensors/.npz).")
 
 
-WEIGHT_FILES = (".pth", ".pt", ".ckpt", ".safetensors", ".npz")
-
-
 def is_weight_file(checkpoint: str | None) -> bool:
-  return bool(checkpoint) and checkpoint.lower().endswith(WEIGHT_FILES)
+  return bool(checkpoint) and checkpoint.lower().endswith(pretrained.WEIGHT_FILES)
 
 
 def load_variables(config, checkpoint: str | None, method, mesh) -> tuple[dict, dict]:

@@ -53,7 +53,11 @@ AGGREGATION_LAYOUTS = {
     "export": {k: k for k in ("aggregation.gem.p", "aggregation.fc.weight",
                               "aggregation.fc.bias")},
 }
+TORCH_FORMATS = (".pth", ".pt", ".ckpt")
 EXPORT_FORMATS = (".safetensors", ".npz")
+WEIGHT_FILES = TORCH_FORMATS + EXPORT_FORMATS
+# ".pth, .pt, .ckpt, .safetensors or .npz", for messages
+WEIGHT_FILES_TEXT = f"{', '.join(WEIGHT_FILES[:-1])} or {WEIGHT_FILES[-1]}"
 _MAX_LISTED = 30
 _DEIT_HINTS = ("cls_token", "dist_token", "pos_embed", "patch_embed", "blocks.")
 
@@ -68,20 +72,20 @@ def load_state_dict(path: str) -> State:
   """
   _check_weights_file(path)
   ext = os.path.splitext(path)[1].lower()
-  if ext in (".pth", ".pt", ".ckpt"):
+  if ext in TORCH_FORMATS:
     obj = _torch_load(path)
-  elif ext in (".safetensors", ".npz"):
+  elif ext in EXPORT_FORMATS:
     obj = _numpy_load(path, ext)
   else:
     raise ConfigError(f"cannot read weights from {path}: the extension {ext!r} is none of "
-                      ".pth, .pt, .ckpt (PyTorch), .safetensors or .npz.")
+                      f"{WEIGHT_FILES_TEXT}.")
   return unwrap_state(obj, path)
 
 
 def _check_weights_file(path: str) -> None:
   if not os.path.isfile(path):
-    raise ConfigError(f"weights file {path} does not exist: pass the path of a .pth, .pt, "
-                      ".ckpt, .safetensors or .npz file.")
+    raise ConfigError(f"weights file {path} does not exist: pass the path of a "
+                      f"{WEIGHT_FILES_TEXT} file.")
 
 
 def _numpy_load(path: str, ext: str) -> dict:
