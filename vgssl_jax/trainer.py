@@ -115,6 +115,12 @@ class Trainer:
                  progress["epoch"] + 1, progress["step_in_epoch"])
     return state, progress
 
+  def _stop_preempted(self, where: str) -> None:
+    """After the SIGTERM checkpoint was started: wait for it, then stop the run."""
+    self.mngr.wait_until_finished()
+    raise Preempted(f"stopped by SIGTERM {where}: the checkpoint is saved in "
+                    f"{self.mngr.directory}; run the same command to resume.")
+
   def save(self, state: TrainState, progress: dict, metrics: dict | None = None) -> None:
     step = int(state.step)
     if self.mngr.latest_step() == step:  # already saved at this step (e.g. then SIGTERM)
@@ -197,9 +203,7 @@ class Trainer:
       if at_checkpoint or self.signals.requested:
         self.save(state, {**progress, "iterator": iterator.get_state()})
       if self.signals.requested:
-        self.mngr.wait_until_finished()
-        raise Preempted(f"stopped by SIGTERM at step {int(state.step)}: the checkpoint is saved "
-                        f"in {self.mngr.directory}; run the same command to resume.")
+        self._stop_preempted(f"at step {int(state.step)}")
     if skipped:
       logging.warning("epoch %d: %d unreadable training images were skipped (listed above)",
                       epoch + 1, skipped)
@@ -246,9 +250,7 @@ class Trainer:
             progress["stopped_early"] = True
         self.save(state, progress, metrics)
         if self.signals.requested:
-          self.mngr.wait_until_finished()
-          raise Preempted(f"stopped by SIGTERM after epoch {epoch + 1}: the checkpoint is saved "
-                          f"in {self.mngr.directory}; run the same command to resume.")
+          self._stop_preempted(f"after epoch {epoch + 1}")
     self.mngr.wait_until_finished()
     return state
 
