@@ -20,6 +20,27 @@ def setup() -> None:
   cpu_env.apply()
 
 
+def parse_size(text: str) -> tuple[int, int]:
+  """"480x640" -> (480, 640): (height, width)."""
+  h, w = (int(v) for v in text.lower().split("x"))
+  return h, w
+
+
+def stage_one_step(method, size: tuple[int, int], pairs: int, mesh, seed: int = 0):
+  """(state, jitted step, batch of `pairs` random uint8 pairs): the stage-1 step to time,
+  with the original's augmentation and Adam."""
+  import numpy as np
+  from vgssl_jax import parallel
+  from vgssl_jax.train import create_train_state, jit_train_step, make_optimizer
+  tx = make_optimizer(1e-5)
+  state = create_train_state(method, tx, 0, size, mesh)
+  step = jit_train_step(method, tx, mesh, random_resized_crop=0.25, horizontal_flip=True)
+  rng = np.random.default_rng(seed)
+  batch = parallel.shard_batch({k: rng.integers(0, 256, size=(pairs, *size, 3), dtype=np.uint8)
+                                for k in ("query", "positive")}, mesh)
+  return state, step, batch
+
+
 def median(values) -> float:
   return float(statistics.median(values))
 

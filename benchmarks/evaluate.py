@@ -29,7 +29,6 @@ from vgssl_jax.config import base_config  # noqa: E402
 from vgssl_jax.inference import Embedder  # noqa: E402
 from vgssl_jax.methods import LossConfig, make_method  # noqa: E402
 from vgssl_jax.models.network import build_model, init_variables  # noqa: E402
-from vgssl_jax.train import create_train_state, jit_train_step, make_optimizer  # noqa: E402
 
 
 def time_calls(fn, warmup: int, repeats: int) -> float:
@@ -58,7 +57,7 @@ def main():
   p.add_argument("--no-train-step", action="store_true", help="skip the training-step comparison")
   p.add_argument("--out", default=None)
   a = p.parse_args()
-  size = tuple(int(v) for v in a.resolution.lower().split("x"))
+  size = common.parse_size(a.resolution)
   c = base_config()
   c.model.backbone, c.model.width, c.model.dtype = a.backbone, a.width, a.dtype
   mesh = parallel.make_mesh()
@@ -92,11 +91,7 @@ def main():
              f"(batch {a.batch}, compile {compile_s:.1f} s); search {a.database} x {a.queries} "
              f"top-20: device {search_s['device']:.3f} s, faiss {search_s['faiss']:.3f} s")
   if not a.no_train_step:
-    tx = make_optimizer(1e-5)
-    state = create_train_state(method, tx, 0, size, mesh)
-    step = jit_train_step(method, tx, mesh, 0.25, True)
-    batch = parallel.shard_batch({k: rng.integers(0, 256, size=(8, *size, 3), dtype=np.uint8)
-                                  for k in ("query", "positive")}, mesh)
+    state, step, batch = common.stage_one_step(method, size, 8, mesh)
     holder = [state]
 
     def one_step():

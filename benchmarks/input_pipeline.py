@@ -86,7 +86,7 @@ def main():
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--out", default=None)
   a = p.parse_args()
-  size = tuple(int(v) for v in a.size.lower().split("x"))
+  size = common.parse_size(a.size)
   with tempfile.TemporaryDirectory() as folder:
     paths = write_images(folder, a.images)
     source = images.FileImages(folder, tuple(paths))

@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+import common
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
@@ -30,7 +32,7 @@ def main():
   p.add_argument("--fc-output-dim", type=int, default=1024)
   p.add_argument("--dtype", default="float32")
   a = p.parse_args()
-  h, w = (int(v) for v in a.resolution.lower().split("x"))
+  h, w = common.parse_size(a.resolution)
   torch.manual_seed(0)
   step = make_step(a.depth, a.width, a.fc_output_dim, a.projection_size, dtype=a.dtype)
   x = torch.randn(a.batch, 3, h, w)

@@ -26,14 +26,12 @@ if __name__ == "__main__":
   common.setup()
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from vgssl_jax import parallel  # noqa: E402
 from vgssl_jax.config import base_config  # noqa: E402
 from vgssl_jax.methods import LossConfig, make_method  # noqa: E402
 from vgssl_jax.models.network import build_model  # noqa: E402
 from vgssl_jax.models.resnet import parse_backbone  # noqa: E402
-from vgssl_jax.train import create_train_state, jit_train_step, make_optimizer  # noqa: E402
 
 
 class TorchWorker:
@@ -92,13 +90,8 @@ def main():
   mesh = parallel.make_mesh(a.devices)
   parallel.check_divisible(a.batch, mesh, "--batch")
   method = make_method(a.method, build_model(c.model, a.method), LossConfig())
-  tx = make_optimizer(1e-5)
-  size = tuple(int(v) for v in a.resolution.lower().split("x"))
-  state = create_train_state(method, tx, 0, size, mesh)
-  step = jit_train_step(method, tx, mesh, random_resized_crop=0.25, horizontal_flip=True)
-  rng = np.random.default_rng(0)
-  batch = parallel.shard_batch({k: rng.integers(0, 256, size=(a.batch, *size, 3), dtype=np.uint8)
-                                for k in ("query", "positive")}, mesh)
+  size = common.parse_size(a.resolution)
+  state, step, batch = common.stage_one_step(method, size, a.batch, mesh)
 
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
