@@ -26,17 +26,33 @@ def parse_size(text: str) -> tuple[int, int]:
   return h, w
 
 
-def stage_one_step(method, size: tuple[int, int], pairs: int, mesh, seed: int = 0):
+def objective(method: str, backbone: str, width: int, fc_output_dim: int, n_layers: int,
+              projection_size: int, dtype: str = "float32"):
+  """The SSL objective of a stage-1 step to time, with the original's augmentation (RRC
+  0.25 and the batch flip: base_config's defaults)."""
+  from vgssl_jax.config import base_config
+  from vgssl_jax.objectives.registry import build_objective
+  c = base_config()
+  c.method = method
+  c.model.backbone, c.model.width, c.model.dtype = backbone, width, dtype
+  c.model.n_layers, c.model.projection_size = n_layers, projection_size
+  c.model.fc_output_dim = fc_output_dim
+  return build_objective(c)
+
+
+def stage_one_step(objective, size: tuple[int, int], pairs: int, mesh, seed: int = 0):
   """(state, jitted step, batch of `pairs` random uint8 pairs): the stage-1 step to time,
-  with the original's augmentation and Adam."""
+  with Adam."""
   import numpy as np
-  from vgssl_jax import parallel
-  from vgssl_jax.train import create_train_state, jit_train_step, make_optimizer
+  from vgssl_jax import sharding
+  from vgssl_jax.training.optimizer import make_optimizer
+  from vgssl_jax.training.state import create_train_state
+  from vgssl_jax.training.step import jit_train_step
   tx = make_optimizer(1e-5)
-  state = create_train_state(method, tx, 0, size, mesh)
-  step = jit_train_step(method, tx, mesh, random_resized_crop=0.25, horizontal_flip=True)
+  state = create_train_state(objective, tx, 0, size, mesh)
+  step = jit_train_step(objective, tx, mesh)
   rng = np.random.default_rng(seed)
-  batch = parallel.shard_batch({k: rng.integers(0, 256, size=(pairs, *size, 3), dtype=np.uint8)
+  batch = sharding.shard_batch({k: rng.integers(0, 256, size=(pairs, *size, 3), dtype=np.uint8)
                                 for k in ("query", "positive")}, mesh)
   return state, step, batch
 

@@ -23,12 +23,10 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from data_pipelines import search  # noqa: E402
-from vgssl_jax import parallel  # noqa: E402
-from vgssl_jax.config import base_config  # noqa: E402
-from vgssl_jax.inference import Embedder  # noqa: E402
-from vgssl_jax.methods import LossConfig, make_method  # noqa: E402
-from vgssl_jax.models.network import build_model, init_variables  # noqa: E402
+from vgssl_jax import sharding  # noqa: E402
+from vgssl_jax.evaluation import search  # noqa: E402
+from vgssl_jax.evaluation.embedder import Embedder  # noqa: E402
+from vgssl_jax.models.network import init_variables  # noqa: E402
 
 
 def time_calls(fn, warmup: int, repeats: int) -> float:
@@ -58,17 +56,15 @@ def main():
   p.add_argument("--out", default=None)
   a = p.parse_args()
   size = common.parse_size(a.resolution)
-  c = base_config()
-  c.model.backbone, c.model.width, c.model.dtype = a.backbone, a.width, a.dtype
-  mesh = parallel.make_mesh()
-  method = make_method("vicreg", build_model(c.model, "vicreg"), LossConfig())
-  model = method.model
+  mesh = sharding.make_mesh()
+  objective = common.objective("vicreg", a.backbone, a.width, 1024, 2, 4096, a.dtype)
+  model = objective.model
   variables = jax.jit(lambda: init_variables(model, jax.random.PRNGKey(0), size),
-                      out_shardings=parallel.replicated(mesh))()
+                      out_shardings=sharding.replicated(mesh))()
   forward = jax.jit(functools.partial(Embedder._apply, model), static_argnums=2,
-                    in_shardings=(parallel.replicated(mesh), parallel.data_sharded(mesh)),
-                    out_shardings=parallel.replicated(mesh))
-  images = parallel.shard_batch(np.random.default_rng(0).integers(
+                    in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
+                    out_shardings=sharding.replicated(mesh))
+  images = sharding.shard_batch(np.random.default_rng(0).integers(
       0, 256, size=(a.batch, *size, 3), dtype=np.uint8), mesh)
   t0 = time.perf_counter()
   jax.block_until_ready(forward(variables, images, "projection"))
@@ -91,7 +87,7 @@ def main():
              f"(batch {a.batch}, compile {compile_s:.1f} s); search {a.database} x {a.queries} "
              f"top-20: device {search_s['device']:.3f} s, faiss {search_s['faiss']:.3f} s")
   if not a.no_train_step:
-    state, step, batch = common.stage_one_step(method, size, 8, mesh)
+    state, step, batch = common.stage_one_step(objective, size, 8, mesh)
     holder = [state]
 
     def one_step():

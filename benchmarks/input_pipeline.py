@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from data_pipelines import images, loader, synthetic  # noqa: E402
-from data_pipelines.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from vgssl_jax.models.inputs import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def write_images(folder: str, n: int) -> list[str]:

@@ -10,7 +10,8 @@ same run:
   partial    the M nearest of one shared pool of --pool database images outside each
              query's soft positives
   full       the M nearest in the whole database outside the soft positives
-each with our on-device search (data_pipelines.mining / search: chunked matmul + top_k),
+each with our on-device search (data_pipelines.mining with vgssl_jax.evaluation.search:
+chunked matmul + top_k),
 with faiss (one IndexFlatL2, batched search), and with a per-query loop like the
 original's (a faiss index per query over its positives / its pool / the database). The loop
 over the whole database is timed on --loop-sample queries and scaled to all of them.
@@ -19,7 +20,9 @@ over the whole database is timed on --loop-sample queries and scaled to all of t
 from __future__ import annotations
 
 import argparse
+import functools
 import time
+import types
 
 import common
 
@@ -29,7 +32,13 @@ if __name__ == "__main__":
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from data_pipelines import mining, places, search  # noqa: E402
+from data_pipelines import mining, places  # noqa: E402
+from vgssl_jax.evaluation import search  # noqa: E402
+
+
+# the NeighborSearch of mining with faiss doing the exclusion search
+FAISS = types.SimpleNamespace(nearest_among=search.nearest_among,
+                              masked_knn=functools.partial(search.masked_knn, backend="faiss"))
 
 
 def layout(num_db: int, num_q: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -96,8 +105,8 @@ def main():
 
   # warm-up: compile the device searches for these shapes (not part of the epoch's time)
   search.nearest_among(q_feats[:600], db_feats, hard.padded()[:600])
-  mining.hard_negatives(q_feats, db_feats[pool], pool, soft, m, a.database)
-  mining.hard_negatives(q_feats, db_feats, np.arange(a.database), soft, m, a.database)
+  mining.hard_negatives(q_feats, db_feats[pool], pool, soft, m, search)
+  mining.hard_negatives(q_feats, db_feats, np.arange(a.database), soft, m, search)
 
   rows = {}
   t_dev, best = timed(lambda: search.nearest_among(q_feats, db_feats, hard.padded())[0])
@@ -106,9 +115,8 @@ def main():
   rows["positives"] = {"device": t_dev, "loop": t_loop}
   for name, cand in (("partial", pool), ("full", np.arange(a.database))):
     feats = db_feats[cand]
-    t_dev, neg = timed(lambda: mining.hard_negatives(q_feats, feats, cand, soft, m, a.database))
-    t_faiss, neg_f = timed(lambda: mining.hard_negatives(q_feats, feats, cand, soft, m,
-                                                         a.database, backend="faiss"))
+    t_dev, neg = timed(lambda: mining.hard_negatives(q_feats, feats, cand, soft, m, search))
+    t_faiss, neg_f = timed(lambda: mining.hard_negatives(q_feats, feats, cand, soft, m, FAISS))
     sample = n if name == "partial" else min(n, a.loop_sample)
     t_loop, neg_l = timed(lambda: loop_negatives(q_feats[:sample], db_feats, cand,
                                                  soft.subset(np.arange(sample)), m))

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from vgssl_jax.models.torch_reference import make_step  # noqa: E402
+from tests.reference.torch_models import make_step  # noqa: E402
 
 
 def main():

@@ -7,7 +7,7 @@
 Compilation is timed separately; then at least --warmup steps (>= 3: the first steps
 after compilation are several times slower while buffers are allocated) are discarded and
 the median of the timed steps is reported. With --compare-torch the same step (ResNet,
-GeM, FC, projector, VICReg, Adam; vgssl_jax/models/torch_reference.py) runs in PyTorch in a
+GeM, FC, projector, VICReg, Adam; tests/reference/torch_models.py) runs in PyTorch in a
 worker process with the same environment, interleaved with ours in --rounds rounds.
 """
 
@@ -27,10 +27,7 @@ if __name__ == "__main__":
 
 import jax  # noqa: E402
 
-from vgssl_jax import parallel  # noqa: E402
-from vgssl_jax.config import base_config  # noqa: E402
-from vgssl_jax.methods import LossConfig, make_method  # noqa: E402
-from vgssl_jax.models.network import build_model  # noqa: E402
+from vgssl_jax import sharding  # noqa: E402
 from vgssl_jax.models.resnet import parse_backbone  # noqa: E402
 
 
@@ -82,16 +79,12 @@ def main():
   if a.compare_torch and a.method != "vicreg":
     p.error("--compare-torch times the VICReg step")
 
-  c = base_config()
-  c.method = a.method
-  c.model.backbone, c.model.width, c.model.dtype = a.backbone, a.width, a.dtype
-  c.model.n_layers, c.model.projection_size = a.n_layers, a.projection_size
-  c.model.fc_output_dim = a.fc_output_dim
-  mesh = parallel.make_mesh(a.devices)
-  parallel.check_divisible(a.batch, mesh, "--batch")
-  method = make_method(a.method, build_model(c.model, a.method), LossConfig())
+  mesh = sharding.make_mesh(a.devices)
+  sharding.check_divisible(a.batch, mesh, "--batch")
+  objective = common.objective(a.method, a.backbone, a.width, a.fc_output_dim, a.n_layers,
+                               a.projection_size, a.dtype)
   size = common.parse_size(a.resolution)
-  state, step, batch = common.stage_one_step(method, size, a.batch, mesh)
+  state, step, batch = common.stage_one_step(objective, size, a.batch, mesh)
 
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()

@@ -8,7 +8,6 @@ import os
 
 from data_pipelines import places, synthetic
 
-SYNTHETIC = "synthetic"
 SOURCES = ("files", "array_record")
 
 # Where to get the datasets the original uses, for the error message of a missing folder.
@@ -57,7 +56,7 @@ def load_split(root: str, name: str, split: str,
   if source != "files":
     raise ValueError(f"unknown data source {source!r}; expected one of {SOURCES}")
   folder = os.path.join(root, name)
-  if name == SYNTHETIC:
+  if name == synthetic.NAME:
     synthetic.ensure_dataset(root, name, synthetic_config or synthetic.SyntheticConfig())
   elif name == "msls" and os.path.isdir(folder):
     from data_pipelines import msls

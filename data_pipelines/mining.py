@@ -1,5 +1,5 @@
-"""GeoPair mining (spec §3.2): per epoch, the positive of each sampled query that is nearest
-in the current feature space, and optionally hard negatives.
+"""GeoPair mining (docs/original.md §GeoPair mining): per epoch, the positive of each sampled
+query that is nearest in the current feature space, and optionally hard negatives.
 
 Modes (the database images embedded besides the queries and their 10 m positives):
   random   no extra images; negatives, if any, are random database images
@@ -7,23 +7,38 @@ Modes (the database images embedded besides the queries and their 10 m positives
            negatives are the nearest pool images outside the query's 25 m soft positives
   full     the whole database; negatives are the nearest database images outside them
 
-Every search is a vectorised, chunked search on the device (`data_pipelines.search`); the
-model enters only through `embed`, a function (part, indices) -> (len, D) features with
-part "database" or "queries", so this module never imports the learning system.
+Host-side logic only. The model enters through `embed`, a function (part, indices) ->
+(len, D) features with part "database" or "queries", and the nearest-neighbour searches
+through `search` (the `NeighborSearch` protocol; vgssl_jax.evaluation.search runs them on
+the device), so this module never imports the learning system.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
-from data_pipelines import search
 from data_pipelines.places import Neighbors, TrainPlaces
 
 EmbedFn = Callable[[str, np.ndarray], np.ndarray]
 MINING_MODES = ("random", "partial", "full")
+
+
+class NeighborSearch(Protocol):
+  """The exact searches mining needs (squared L2; see vgssl_jax.evaluation.search)."""
+
+  def nearest_among(self, queries: np.ndarray, features: np.ndarray,
+                    candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the nearest row of `features` among its candidates (Q, P), -1 padded:
+    (chosen indices into features, squared distances)."""
+
+  def masked_knn(self, queries: np.ndarray, database: np.ndarray, excluded: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+    """k-NN where query q never returns the database rows excluded[q] (-1 padded):
+    (distances, inf where fewer than k rows are allowed; indices), ascending."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,16 +79,6 @@ def sample_queries(rng: np.random.Generator, num_train_queries: int,
   return rng.choice(num_train_queries, size=queries_per_epoch, replace=replace)
 
 
-def _row_keys(rows: np.ndarray, cols: np.ndarray, width: int) -> np.ndarray:
-  return rows.astype(np.int64) * width + cols
-
-
-def _in_soft(soft: Neighbors, rows: np.ndarray, candidates: np.ndarray, width: int) -> np.ndarray:
-  """Boolean mask: candidates[i, j] is a soft positive of query rows[i]."""
-  soft_keys = _row_keys(np.repeat(np.arange(len(soft)), soft.counts), soft.indices, width)
-  return np.isin(_row_keys(rows[:, None], candidates, width), soft_keys)
-
-
 def _first_m(valid: np.ndarray, values: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
   """Per row, the first m values where valid (order kept); and whether the row had m."""
   rank = np.cumsum(valid, axis=1)
@@ -102,9 +107,9 @@ def random_negatives(rng: np.random.Generator, num_database: int, soft: Neighbor
   todo = np.arange(n)
   while len(todo):
     draws = rng.integers(0, num_database, size=(len(todo), 2 * m + 8))
-    valid = ~_in_soft(soft.subset(todo), np.arange(len(todo)), draws, num_database)
+    valid = ~soft.subset(todo).contains(np.arange(len(todo)), draws)
     # keep the first occurrence of each index within a row
-    keys = _row_keys(np.arange(len(todo))[:, None], draws, num_database).ravel()
+    keys = (np.arange(len(todo))[:, None] * num_database + draws).ravel()
     first = np.zeros(keys.size, bool)
     first[np.unique(keys, return_index=True)[1]] = True
     valid &= first.reshape(draws.shape)
@@ -115,43 +120,31 @@ def random_negatives(rng: np.random.Generator, num_database: int, soft: Neighbor
 
 
 def hard_negatives(query_feats: np.ndarray, candidate_feats: np.ndarray,
-                   candidate_ids: np.ndarray, soft: Neighbors, m: int, num_database: int,
-                   backend: str = "device") -> np.ndarray:
+                   candidate_ids: np.ndarray, soft: Neighbors, m: int,
+                   search: NeighborSearch) -> np.ndarray:
   """(n, m) database ids: the m candidates nearest each query (ascending L2) that are not
-  among its soft positives.
+  among its soft positives (excluded inside the search, before its top-k).
 
-  candidate_ids must be ascending. On the device the soft positives are excluded before
-  top_k(m); faiss cannot exclude, so it searches k = m + (most soft positives of any
-  query), which always leaves m non-soft candidates, and the soft ones are dropped after.
+  candidate_ids must be ascending.
   """
   candidate_ids = np.asarray(candidate_ids, np.int64)
-  if backend == "device":
-    # each query's soft positives as candidate columns (-1 where not a candidate)
-    padded = soft.padded(fill=-1)
-    cols = np.searchsorted(candidate_ids, np.maximum(padded, 0))
-    cols = np.minimum(cols, len(candidate_ids) - 1)
-    found = (padded >= 0) & (candidate_ids[cols] == padded)
-    dist, idx = search.device_masked_knn(query_feats, candidate_feats,
-                                         np.where(found, cols, -1), m)
-    complete = np.isfinite(dist).all(axis=1) & (idx.shape[1] == m)
-    out = candidate_ids[idx]
-  else:
-    k = min(len(candidate_ids), m + int(soft.counts.max(initial=0)))
-    k = min(len(candidate_ids), -(-k // 16) * 16)  # a few shapes only: fewer compilations
-    _, idx = search.knn(query_feats, candidate_feats, k, backend)
-    ids = candidate_ids[idx]
-    valid = ~_in_soft(soft, np.arange(len(soft)), ids, num_database)
-    out, complete = _first_m(valid, ids, m)
+  # each query's soft positives as candidate columns (-1 where not a candidate)
+  padded = soft.padded(fill=-1)
+  cols = np.searchsorted(candidate_ids, np.maximum(padded, 0))
+  cols = np.minimum(cols, len(candidate_ids) - 1)
+  found = (padded >= 0) & (candidate_ids[cols] == padded)
+  dist, idx = search.masked_knn(query_feats, candidate_feats, np.where(found, cols, -1), m)
+  complete = np.isfinite(dist).all(axis=1) & (idx.shape[1] == m)
   if not complete.all():
     row = int(np.flatnonzero(~complete)[0])
     raise ValueError(f"query row {row} has fewer than negs_num_per_query={m} candidates outside "
                      f"its soft positives among the {len(candidate_ids)} mined images; lower "
                      "train.negs_num_per_query or raise train.neg_samples_num.")
-  return out
+  return candidate_ids[idx]
 
 
 def compute_pairs(train: TrainPlaces, embed: EmbedFn, rng: np.random.Generator,
-                  config: MiningConfig) -> GeoPairs:
+                  config: MiningConfig, search: NeighborSearch) -> GeoPairs:
   """GeoPairs of one epoch.
 
   1. sample `queries_per_epoch` training queries;
@@ -192,7 +185,7 @@ def compute_pairs(train: TrainPlaces, embed: EmbedFn, rng: np.random.Generator,
     return GeoPairs(query_ids, positives,
                     self_pairs=rng.choice(allowed, size=count, replace=False))
   pool_feats = db_feats[np.searchsorted(db_ids, pool)]
-  negatives = hard_negatives(q_feats, pool_feats, pool, soft, m, num_db)
+  negatives = hard_negatives(q_feats, pool_feats, pool, soft, m, search)
   if config.pair_negative:
     return GeoPairs(query_ids, positives, negatives=negatives)
   return GeoPairs(query_ids, positives, self_pairs=np.unique(negatives))

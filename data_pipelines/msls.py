@@ -1,7 +1,8 @@
-"""Raw Mapillary SLS (MSLS): the official API's im2im splits, metrics and prediction file.
+"""Raw Mapillary SLS (MSLS): the official API's im2im splits.
 
-Replicates `mapillary_sls/datasets/msls.py` (class MSLS, task im2im) and the official
-evaluation (`evaluate.py` + `mapillary_sls/utils/eval.py`) without pandas or sklearn.
+Replicates `mapillary_sls/datasets/msls.py` (class MSLS, task im2im) without pandas or
+sklearn. The official metrics and the challenge prediction file are computed by the
+evaluation (vgssl_jax.evaluation.metrics and .exports) from the extras read here.
 Layout under `folder` (usually `<data.root>/msls`)::
 
     train_val/<city>/{query,database}/images/<key>.jpg
@@ -25,20 +26,19 @@ search (places.radius_neighbors) can never match across cities. `database_utms` 
 `queries_utms` are therefore NOT raw UTM: subtract the offset of extras["*_city"] to get it.
 
 The test split has no GPS (postprocessed.csv is withheld for the challenge): its utms are
-NaN and it is a NoGpsPlaceDataset, whose positives() raises DatasetError; score it with
-`write_predictions` and the challenge server instead.
+NaN (`PlaceDataset.has_gps` is False) and positives() raises DatasetError; score it with
+the prediction file and the challenge server instead.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 import os
 
 import numpy as np
 
-from data_pipelines.places import DatasetError, Neighbors, PlaceDataset, radius_neighbors
+from data_pipelines.places import EVAL_RADIUS_M, DatasetError, PlaceDataset, radius_neighbors
 
 CITIES = {
     "train": ("trondheim", "london", "boston", "melbourne", "amsterdam", "helsinki", "tokyo",
@@ -51,11 +51,10 @@ SPLIT_SUBDIR = {"train": "train_val", "val": "train_val", "test": "test"}
 SUBTASKS = ("all", "s2w", "w2s", "o2n", "n2o", "d2n", "n2d")
 # The raw MSLS folder names of the two parts (the `@` layout calls them database/queries).
 PARTS = (("database", "database"), ("queries", "query"))
-VAL_RADIUS = 25.0  # official evaluation threshold (evaluate.py --threshold default)
+VAL_RADIUS = EVAL_RADIUS_M  # official evaluation threshold (evaluate.py --threshold default)
 # Added to the easting of the i-th city of a split: far beyond any positive radius, and
 # still exact in float64 (28 cities * 1e7 m keeps ~1e-7 m resolution).
 CITY_OFFSET_M = 1e7
-KS = (1, 5, 10, 20)
 
 _POSTPROCESSED = "postprocessed.csv"
 _RAW = "raw.csv"
@@ -70,24 +69,6 @@ _HEADERS = {
 # Columns we read from each CSV, by name (other columns are ignored).
 _REQUIRED = {_POSTPROCESSED: ("key", "easting", "northing"), _RAW: ("key", "pano"),
              _SEQ_INFO: ("key",), _SUBTASK: ("key", "all")}
-
-
-@dataclasses.dataclass(frozen=True, eq=False, repr=False)
-class NoGpsPlaceDataset(PlaceDataset):
-  """MSLS test split: no coordinates, so no positives (utms are NaN)."""
-
-  def positives(self, radius: float) -> Neighbors:
-    raise DatasetError(
-        f"{self}: the MSLS {self.split!r} split has no GPS (its postprocessed.csv is withheld "
-        "for the challenge), so positives and recall cannot be computed here. Write the "
-        "rankings with msls.write_predictions and submit them to the MSLS challenge server, "
-        "or evaluate on split 'val'.")
-
-
-def has_gps(dataset: PlaceDataset) -> bool:
-  """False for the MSLS test split (NaN coordinates): it cannot be scored locally."""
-  return not isinstance(dataset, NoGpsPlaceDataset) and bool(
-      np.isfinite(dataset.database_utms).all() and np.isfinite(dataset.queries_utms).all())
 
 
 def is_raw_msls(folder: str) -> bool:
@@ -205,7 +186,7 @@ def _read_part(folder: str, split: str) -> _Part:
 def load_msls(folder: str, split: str) -> PlaceDataset:
   """The official im2im `split` ("train", "val" or "test") of raw MSLS under `folder`.
 
-  Returns a PlaceDataset (a NoGpsPlaceDataset for "test") with paths relative to
+  Returns a PlaceDataset (NaN coordinates for "test") with paths relative to
   `folder`, per-city-offset utms (see the module docstring) and extras:
   "{database,queries}_key" and "_city" (N,) str, "{database,queries}_subtask_<name>" (N,)
   bool for each subtask column present.
@@ -268,139 +249,8 @@ def load_msls(folder: str, split: str) -> PlaceDataset:
   extras = {f"{part}_{name}": values for part, values_of in (("database", database),
                                                             ("queries", queries))
             for name, values in values_of.items() if name not in ("paths", "utms")}
-  cls = NoGpsPlaceDataset if split == "test" else PlaceDataset
-  return cls(name="msls", split=split, root=folder,
+  return PlaceDataset(name="msls", split=split, root=folder,
              database_paths=tuple(database["paths"].tolist()),
              queries_paths=tuple(queries["paths"].tolist()),
              database_utms=database["utms"], queries_utms=queries["utms"],
              extras=extras, _positives=positives)
-
-
-def _restrict(neighbors: Neighbors, database_mask: np.ndarray) -> Neighbors:
-  """Drops the neighbours outside `database_mask` (D,) bool."""
-  keep = database_mask[neighbors.indices]
-  rows = np.repeat(np.arange(len(neighbors)), neighbors.counts)[keep]
-  indptr = np.zeros(len(neighbors) + 1, np.int64)
-  np.cumsum(np.bincount(rows, minlength=len(neighbors)), out=indptr[1:])
-  return Neighbors(indptr, neighbors.indices[keep])
-
-
-def _hits(predictions: np.ndarray, positives: Neighbors, num_database: int) -> np.ndarray:
-  """(Q, K) bool: prediction j of query i is a positive seen for the first time in the row.
-
-  A repeated prediction is not a second hit (`p not in rank[:i]` in the official apk)."""
-  Q, K = predictions.shape
-  rows = np.repeat(np.arange(Q), positives.counts)
-  pos_keys = rows * num_database + positives.indices
-  valid = predictions >= 0
-  hits = valid & np.isin(np.arange(Q)[:, None] * num_database + predictions, pos_keys)
-  order = np.argsort(predictions, axis=1, kind="stable")
-  ranked = np.take_along_axis(predictions, order, axis=1)
-  first_sorted = np.ones_like(hits)
-  first_sorted[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
-  first = np.empty_like(hits)
-  np.put_along_axis(first, order, first_sorted, axis=1)
-  return hits & first
-
-
-def _score(predictions: np.ndarray, positives: Neighbors, num_database: int,
-           ks: tuple[int, ...]) -> dict:
-  n = len(positives)
-  if n == 0:  # the official code divides by zero here too (recall /= 0, np.mean([]))
-    nan = {f"{m}@{k}": math.nan for m in ("recall", "map") for k in ks}
-    return {**nan, "queries": 0}
-  hits = _hits(predictions, positives, num_database)
-  ranks = np.arange(1, hits.shape[1] + 1)
-  precision = np.where(hits, np.cumsum(hits, axis=1) / ranks, 0.0)
-  out = {f"recall@{k}": float(100.0 * hits[:, :k].any(axis=1).mean()) for k in ks}
-  for k in ks:
-    ap = precision[:, :k].sum(axis=1) / np.minimum(positives.counts, k)
-    out[f"map@{k}"] = float(100.0 * ap.mean())
-  out["queries"] = n
-  return out
-
-
-def _check_predictions(predictions: np.ndarray, dataset: PlaceDataset, allow_empty: bool):
-  predictions = np.asarray(predictions)
-  if (predictions.ndim != 2 or predictions.shape[0] != dataset.num_queries
-      or not np.issubdtype(predictions.dtype, np.integer)):
-    raise ValueError(f"predictions must be integer database indices of shape (Q, K) with "
-                     f"Q = {dataset.num_queries} queries of {dataset}; got "
-                     f"{predictions.dtype} {predictions.shape}.")
-  low = -1 if allow_empty else 0
-  bad = (predictions < low) | (predictions >= dataset.num_database)
-  if bad.any():
-    q, j = np.argwhere(bad)[0]
-    raise ValueError(f"predictions[{q}, {j}] = {predictions[q, j]} is not a database index of "
-                     f"{dataset} (0..{dataset.num_database - 1}"
-                     f"{', or -1 for an empty slot' if allow_empty else ''}).")
-  return predictions.astype(np.int64)
-
-
-def msls_metrics(predictions: np.ndarray, places: PlaceDataset, ks=KS,
-                 radius: float = VAL_RADIUS) -> dict:
-  """The official MSLS im2im metrics (evaluate.py + utils/eval.py), in percent.
-
-  predictions: (Q, K) database indices of places' queries, best first (-1 = empty slot,
-  as faiss pads). For each subtask S (subtask_index.csv column): queries and database are
-  the images flagged S (as MSLS(mode='val', subtask=S) filters both), positives are the
-  database images within `radius` m in the same city, and queries without a positive are
-  left out of the denominator. recall@K: a positive among the top K. mAP@K: AP@K = sum over
-  first-time hits at rank r <= K of (hits so far / r), divided by min(#positives, K).
-  Returns {"recall@K", "map@K", "queries": n} of subtask `all` (every image when `places`
-  has no subtask extras) and "subtasks": {S: same keys} for the other columns present; a
-  subtask with no scored query has "queries": 0 and NaN metrics.
-  """
-  ks = tuple(int(k) for k in ks)
-  if not ks or min(ks) < 1:
-    raise ValueError(f"ks must be positive ranks, got {ks}.")
-  predictions = _check_predictions(predictions, places, allow_empty=True)
-  if predictions.shape[1] < max(ks) and predictions.shape[1] < places.num_database:
-    raise ValueError(f"predictions have {predictions.shape[1]} columns but metrics at "
-                     f"K = {max(ks)} were asked for: search max(ks) neighbours.")
-  if not has_gps(places) and not isinstance(places, NoGpsPlaceDataset):
-    raise DatasetError(f"{places} has NaN coordinates, so it has no positives to score.")
-  positives = places.positives(radius)  # NoGpsPlaceDataset (test split) explains and raises
-
-  def subtask(name: str) -> dict:
-    q_mask = places.extras.get(f"queries_subtask_{name}")
-    db_mask = places.extras.get(f"database_subtask_{name}")
-    q_mask = np.ones(places.num_queries, bool) if q_mask is None else q_mask
-    db_mask = np.ones(places.num_database, bool) if db_mask is None else db_mask
-    pos = _restrict(positives, db_mask)
-    rows = np.flatnonzero(q_mask & (pos.counts > 0))
-    return _score(predictions[rows], pos.subset(rows), places.num_database, ks)
-
-  result = subtask("all")
-  result["subtasks"] = {
-      name: subtask(name) for name in SUBTASKS[1:]
-      if f"queries_subtask_{name}" in places.extras and f"database_subtask_{name}" in places.extras}
-  return result
-
-
-def write_predictions(path: str, predictions: np.ndarray, places: PlaceDataset,
-                      k: int = 20) -> None:
-  """Writes the official prediction file: one line `query_key db_key_1 ... db_key_k` per
-  query, space separated, keys without .jpg (np.loadtxt-readable, as evaluate.py reads it).
-
-  predictions: (Q, K) database indices of places' queries, best first; min(k, K) columns
-  are written. Raises ValueError on an index outside the database or a duplicate in a row
-  (the challenge rejects duplicate predictions; deduplicate before calling).
-  """
-  predictions = _check_predictions(predictions, places, allow_empty=False)[:, :k]
-  if k < 1 or predictions.shape[1] == 0:
-    raise ValueError(f"nothing to write: k = {k}, predictions have shape {predictions.shape}.")
-  ranked = np.sort(predictions, axis=1)
-  dup = ranked[:, 1:] == ranked[:, :-1]
-  if dup.any():
-    q = int(np.flatnonzero(dup.any(axis=1))[0])
-    raise ValueError(f"query {q} ({places.extras['queries_key'][q]}) has duplicate predictions "
-                     f"in its top {predictions.shape[1]}: {predictions[q].tolist()}. The "
-                     "challenge rejects duplicates: keep the first occurrence of each index.")
-  query_keys = places.extras["queries_key"]
-  db_keys = places.extras["database_key"]
-  if os.path.dirname(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    for q in range(len(predictions)):
-      f.write(" ".join([str(query_keys[q]), *db_keys[predictions[q]].tolist()]) + "\n")

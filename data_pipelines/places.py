@@ -11,6 +11,10 @@ import numpy as np
 from data_pipelines import formats, images
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# The field's radii: training positives lie within 10 m of the query; evaluation positives
+# (and the soft positives that training never uses as negatives) within 25 m.
+TRAIN_POSITIVE_RADIUS_M = 10.0
+EVAL_RADIUS_M = 25.0
 
 
 class DatasetError(ValueError):
@@ -41,6 +45,16 @@ class Neighbors:
     np.cumsum(counts, out=indptr[1:])
     starts = np.repeat(self.indptr[rows] - indptr[:-1], counts)
     return Neighbors(indptr, self.indices[starts + np.arange(indptr[-1])])
+
+  def contains(self, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """(R, K) bool: candidates[i, j] is a neighbour of row rows[i] (negative candidates,
+    e.g. -1 pads, never are). One sorted-key lookup, no Python loop over rows."""
+    rows = np.asarray(rows, np.int64)
+    candidates = np.asarray(candidates, np.int64)
+    width = int(max(candidates.max(initial=0), self.indices.max(initial=0))) + 1
+    keys = np.repeat(np.arange(len(self), dtype=np.int64), self.counts) * width + self.indices
+    wanted = rows.reshape(-1, *([1] * (candidates.ndim - 1))) * width + candidates
+    return (candidates >= 0) & np.isin(wanted, keys)
 
   def padded(self, fill: int = -1) -> np.ndarray:
     """(Q, max_count) array with rows padded by `fill`."""
@@ -141,6 +155,12 @@ class PlaceDataset:
   _positives: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @property
+  def has_gps(self) -> bool:
+    """False where coordinates are withheld (the MSLS test split: NaN), so nothing can be
+    scored locally."""
+    return bool(np.isfinite(self.database_utms).all() and np.isfinite(self.queries_utms).all())
+
+  @property
   def num_database(self) -> int:
     return len(self.database_paths)
 
@@ -160,6 +180,11 @@ class PlaceDataset:
 
   def positives(self, radius: float) -> Neighbors:
     """Database images within `radius` metres of each query (cached per radius)."""
+    if not self.has_gps and radius not in self._positives:
+      raise DatasetError(
+          f"{self}: the {self.split!r} split has no coordinates (the MSLS test split's GPS is "
+          "withheld for the challenge), so positives and recall cannot be computed here. "
+          "Submit its prediction file to the challenge server, or evaluate on split 'val'.")
     if radius not in self._positives:
       self._positives[radius] = radius_neighbors(self.queries_utms, self.database_utms, radius)
     return self._positives[radius]
@@ -220,8 +245,8 @@ class TrainPlaces:
   dropped: int
 
   @classmethod
-  def build(cls, places: PlaceDataset, positive_radius: float = 10.0,
-            negative_radius: float = 25.0) -> "TrainPlaces":
+  def build(cls, places: PlaceDataset, positive_radius: float = TRAIN_POSITIVE_RADIUS_M,
+            negative_radius: float = EVAL_RADIUS_M) -> "TrainPlaces":
     hard = places.positives(positive_radius)
     keep = np.flatnonzero(hard.counts > 0)
     if len(keep) == 0:

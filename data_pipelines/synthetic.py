@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 
 from data_pipelines import formats
 
+NAME = "synthetic"  # the dataset name under which the built-in world is generated
 MANIFEST = "synthetic.json"
 SPLITS = ("train", "val", "test")
 # Each split lies in its own area (UTM zone 10S, around San Francisco).
@@ -292,7 +293,7 @@ def generate_split(root: str, split: str, cfg: SyntheticConfig) -> None:
             cfg.jpeg_quality)
 
 
-def ensure_dataset(root: str, name: str = "synthetic",
+def ensure_dataset(root: str, name: str = NAME,
                    cfg: SyntheticConfig = SyntheticConfig()) -> str:
   """Generates `<root>/<name>` unless it already holds this exact configuration.
 

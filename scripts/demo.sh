@@ -3,5 +3,5 @@
 # Extra arguments are passed on, e.g. ./scripts/demo.sh --config.train.epochs=4
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/env.sh
+VGSSL_EXTRAS="" source scripts/env.sh
 exec python -m vgssl_jax.main --config configs/demo.py --workdir "${WORKDIR:-runs/demo}" "$@"

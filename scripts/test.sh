@@ -2,5 +2,5 @@
 # Set-up, then the test suite (fast: tiny models and images). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/env.sh test
+VGSSL_EXTRAS=test source scripts/env.sh
 exec python -m pytest -n "${PYTEST_WORKERS:-2}" "$@"

@@ -73,3 +73,19 @@ def run_python(args: list[str], devices: int = 1, timeout: int = 600, cwd: str =
   full_env.update(env or {})
   return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True,
                         text=True, timeout=timeout)
+
+
+def tiny_model_config(**overrides):
+  """The `model` section of a config for a narrow ResNet-18 (any key can be overridden)."""
+  from vgssl_jax.config import base_config
+  mc = base_config().model
+  mc.update(dict(backbone="resnet18conv4", width=8, fc_output_dim=16, n_layers=2,
+                 projection_size=24))
+  mc.update(overrides)
+  return mc
+
+
+def tiny_network(projector_family: str = "vicreg", **overrides):
+  """GeoLocalizationNet of tiny_model_config(**overrides)."""
+  from vgssl_jax.models.network import build_model
+  return build_model(tiny_model_config(**overrides), projector_family)

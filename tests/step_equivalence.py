@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import optax
 
-from vgssl_jax import parallel
+from vgssl_jax import sharding
 from vgssl_jax.config import base_config
-from vgssl_jax.methods import LossConfig, make_method
-from vgssl_jax.models.network import build_model
-from vgssl_jax.train import create_train_state, jit_train_step, make_optimizer
+from vgssl_jax.objectives.registry import build_objective
+from vgssl_jax.training.optimizer import make_optimizer
+from vgssl_jax.training.state import create_train_state
+from vgssl_jax.training.step import jit_train_step
 
 
 def run(method_name: str, devices: int, batches, plain_sgd: bool = True):
@@ -22,20 +23,21 @@ def run(method_name: str, devices: int, batches, plain_sgd: bool = True):
   c.method = method_name
   c.model.backbone, c.model.width = "resnet18conv4", 8
   c.model.fc_output_dim, c.model.projection_size = 16, 32
-  mesh = parallel.make_mesh(devices)
-  # a small queue so that it wraps around within the three steps
-  method = make_method(method_name, build_model(c.model, method_name), LossConfig(queue_size=16))
+  c.loss.queue_size = 16  # a small queue so that it wraps around within the three steps
+  c.train.random_resized_crop, c.train.horizontal_flip = 0.25, True
+  mesh = sharding.make_mesh(devices)
+  objective = build_objective(c)
   # SGD: Adam turns noise-level gradients (e.g. of a bias in front of a BatchNorm, exactly 0 in
   # exact arithmetic) into lr-sized steps of either sign, which would hide real differences.
   tx = optax.sgd(0.001) if plain_sgd else make_optimizer(1e-3)
-  state = create_train_state(method, tx, 0, (32, 48), mesh)
-  step = jit_train_step(method, tx, mesh, random_resized_crop=0.25, horizontal_flip=True)
+  state = create_train_state(objective, tx, 0, (32, 48), mesh)
+  step = jit_train_step(objective, tx, mesh)
   losses, first = [], None
   for batch in batches:
-    state, metrics = step(state, parallel.shard_batch(batch, mesh))
+    state, metrics = step(state, sharding.shard_batch(batch, mesh))
     losses.append(float(metrics["loss"]))
     if first is None:
-      first = jax.device_get((state.params, state.batch_stats, state.method_state))
+      first = jax.device_get((state.params, state.batch_stats, state.objective_state))
   return losses, first, step._cache_size()
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vgssl_jax import losses
+from vgssl_jax.objectives import losses
 
 SHAPES = [(8, 5), (6, 32), (40, 16)]  # N < D, N > D, N != D
 

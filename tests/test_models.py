@@ -7,7 +7,7 @@ from vgssl_jax.models import heads
 from vgssl_jax.models.aggregation import Aggregation, gem
 from vgssl_jax.models.layers import BatchNorm, Conv, l2_normalize
 from vgssl_jax.models.resnet import stem_max_pool
-from vgssl_jax.models.network import GeoLocalizationNet
+from tests.conftest import tiny_network
 
 
 def test_gem_matches_numpy():
@@ -139,14 +139,13 @@ def test_projector_rejects_impossible_depths():
 
 
 def test_network_outputs_descriptor_and_projection():
-  net = GeoLocalizationNet("resnet18conv4", width=8, fc_output_dim=16, n_layers=2,
-                           projection_size=24)
+  net = tiny_network()
   x = jnp.asarray(np.random.default_rng(4).normal(size=(3, 32, 48, 3)).astype(np.float32))
   v = net.init(jax.random.PRNGKey(0), x, train=False)
   out = net.apply(v, x, train=False)
   assert out["descriptor"].shape == (3, 16) and out["projection"].shape == (3, 24)
   np.testing.assert_allclose(np.linalg.norm(out["descriptor"], axis=1), 1.0, rtol=1e-5)
-  no_proj = GeoLocalizationNet("resnet18conv4", width=8, fc_output_dim=16, n_layers=0)
+  no_proj = tiny_network(n_layers=0)
   v0 = no_proj.init(jax.random.PRNGKey(0), x, train=False)
   out0 = no_proj.apply(v0, x, train=False)
   np.testing.assert_array_equal(out0["projection"], out0["descriptor"])
@@ -157,7 +156,7 @@ def test_resnet50_names_and_shapes_match_torchvision():
   import os
 
   from vgssl_jax.models.resnet import ResNet
-  from vgssl_jax.models.torch_names import to_torch_state
+  from vgssl_jax.models.weights.names import to_torch_state
   path = os.path.join(os.path.dirname(__file__), "data", "torchvision_resnet50_keys.txt")
   with open(path) as f:
     want = {name: tuple(int(s) for s in shape.split("x"))
@@ -175,23 +174,25 @@ def test_bfloat16_descriptors_are_finite_and_close_to_float32():
   """A batch of 128 through the jitted bfloat16 network (the evaluation batch of the demo):
   XLA's CPU compiler once fused the bf16 feature map into the float32 aggregation and
   produced NaNs here."""
-  from data_pipelines import augment
-  from vgssl_jax.train import create_train_state, make_optimizer
-  from vgssl_jax import parallel
-  from vgssl_jax.methods import LossConfig, make_method
+  from vgssl_jax import sharding
+  from vgssl_jax.models.inputs import normalize
+  from vgssl_jax.objectives.base import retrieval_variables
+  from vgssl_jax.objectives.ssl import LossConfig, SSLObjective
+  from vgssl_jax.training.optimizer import make_optimizer
+  from vgssl_jax.training.state import create_train_state
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, size=(128, 96, 128, 3), dtype=np.uint8)
   out = {}
-  for dtype in (jnp.float32, jnp.bfloat16):
-    net = GeoLocalizationNet("resnet18conv4", 16, 256, "vicreg", 2, 1024, dtype)
-    method = make_method("vicreg", net, LossConfig())
-    state = create_train_state(method, make_optimizer(1e-3), 0, (96, 128), parallel.make_mesh(1))
-    variables = {"params": state.params["net"], "batch_stats": state.batch_stats["net"]}
-    f = jax.jit(lambda v, x: net.apply(v, augment.normalize(x, net.dtype), train=False,
+  for dtype in ("float32", "bfloat16"):
+    net = tiny_network(width=16, fc_output_dim=256, projection_size=1024, dtype=dtype)
+    method = SSLObjective("vicreg", net, LossConfig())
+    state = create_train_state(method, make_optimizer(1e-3), 0, (96, 128), sharding.make_mesh(1))
+    variables = retrieval_variables(state.params, state.batch_stats)
+    f = jax.jit(lambda v, x: net.apply(v, normalize(x, net.dtype), train=False,
                                        project=False)["descriptor"])
     out[dtype] = np.asarray(f(variables, images))
-  assert np.isfinite(out[jnp.bfloat16]).all()
+  assert np.isfinite(out["bfloat16"]).all()
   # an untrained network's descriptors of different images are already close (cosine
   # about 0.997), so check that each bf16 descriptor is nearest to its own float32 one
-  sim = out[jnp.bfloat16].astype(np.float64) @ out[jnp.float32].astype(np.float64).T
+  sim = out["bfloat16"].astype(np.float64) @ out["float32"].astype(np.float64).T
   np.testing.assert_array_equal(sim.argmax(axis=1), np.arange(len(images)))

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import REPO, run_python, tiny_overrides
 from tests.test_main import assert_clean_error, main_args
-from vgssl_jax.train import epoch_lr
+from vgssl_jax.training.optimizer import epoch_lr
 
 # 32 train queries, 8 pairs per step: 4 steps per epoch, 2 epochs
 RUN = ["--config.train.queries_per_epoch=32", "--config.train.epochs=2",

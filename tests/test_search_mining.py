@@ -1,8 +1,12 @@
+import functools
+import types
+
 import faiss
 import numpy as np
 import pytest
 
-from data_pipelines import mining, places, search
+from data_pipelines import mining, places
+from vgssl_jax.evaluation import search
 
 
 def numpy_knn(q, db, k):
@@ -72,7 +76,7 @@ def test_compute_pairs_picks_the_nearest_positive_in_feature_space():
   train, feats, db_utm, q_utm = toy_train()
   calls = []
   pairs = mining.compute_pairs(train, recording_embed(feats, calls), np.random.default_rng(0),
-                               mining.MiningConfig(queries_per_epoch=12))
+                               mining.MiningConfig(queries_per_epoch=12), search)
   assert len(pairs) == 12 and len(set(pairs.queries.tolist())) == 12  # without replacement
   assert pairs.negatives is None and pairs.self_pairs is None
   for qi, pi in zip(pairs.queries, pairs.positives):
@@ -105,7 +109,9 @@ def test_hard_negatives_match_brute_force_and_faiss_per_query(backend):
   counts = [len(s) for s in soft_sets]
   indptr = np.concatenate([[0], np.cumsum(counts)])
   soft = places.Neighbors(indptr, np.concatenate([sorted(s) for s in soft_sets] + [[]]).astype(np.int64))
-  got = mining.hard_negatives(q_feats, cand_feats, cand_ids, soft, 3, 500, backend)
+  searcher = types.SimpleNamespace(nearest_among=search.nearest_among,
+                                   masked_knn=functools.partial(search.masked_knn, backend=backend))
+  got = mining.hard_negatives(q_feats, cand_feats, cand_ids, soft, 3, searcher)
   np.testing.assert_array_equal(got, brute_force_negatives(q_feats, cand_feats, cand_ids, soft_sets, 3))
   # the original: one faiss index over the pool minus the query's soft positives
   for i in range(37):
@@ -125,7 +131,7 @@ def test_full_mining_negatives_are_the_nearest_in_the_database():
   train, feats, _, _ = toy_train()
   config = mining.MiningConfig(12, "full", neg_samples_num=1, negs_num_per_query=2,
                                pair_negative=True)
-  pairs = mining.compute_pairs(train, recording_embed(feats, []), np.random.default_rng(1), config)
+  pairs = mining.compute_pairs(train, recording_embed(feats, []), np.random.default_rng(1), config, search)
   assert pairs.negatives.shape == (12, 2)
   want = brute_force_negatives(feats["queries"][pairs.queries], feats["database"], np.arange(40),
                                soft_sets_of(train, pairs.queries), 2)
@@ -138,7 +144,7 @@ def test_partial_mining_uses_one_shared_pool():
   config = mining.MiningConfig(20, "partial", neg_samples_num=30, negs_num_per_query=2,
                                pair_negative=True)
   pairs = mining.compute_pairs(train, recording_embed(feats, calls), np.random.default_rng(2),
-                               config)
+                               config, search)
   # the epoch's pool: drawn once, after the queries, from the same generator
   rng = np.random.default_rng(2)
   mining.sample_queries(rng, len(train.query_ids), 20)
@@ -168,16 +174,16 @@ def test_negatives_without_pair_negative_become_self_pairs():
   train, feats, _, _ = toy_train(num_db=200, num_q=30)
   embed = recording_embed(feats, [])
   rand = mining.compute_pairs(train, embed, np.random.default_rng(0),
-                              mining.MiningConfig(12, "random", neg_samples_num=5))
+                              mining.MiningConfig(12, "random", neg_samples_num=5), search)
   assert rand.negatives is None and len(rand.self_pairs) == 5 and len(rand) == 17
   every_soft = set().union(*soft_sets_of(train, rand.queries))
   assert not set(rand.self_pairs.tolist()) & every_soft
   full = mining.compute_pairs(train, embed, np.random.default_rng(0),
                               mining.MiningConfig(12, "full", neg_samples_num=5,
-                                                  negs_num_per_query=2))
+                                                  negs_num_per_query=2), search)
   paired = mining.compute_pairs(train, embed, np.random.default_rng(0),
                                 mining.MiningConfig(12, "full", neg_samples_num=5,
-                                                    negs_num_per_query=2, pair_negative=True))
+                                                    negs_num_per_query=2, pair_negative=True), search)
   np.testing.assert_array_equal(full.self_pairs, np.unique(paired.negatives))
 
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines import places, synthetic
-from vgssl_jax import evaluation
+from vgssl_jax.evaluation import metrics
 from tests.conftest import TINY_SYNTHETIC
 
 
@@ -67,6 +67,6 @@ def test_thumbnail_baseline_clearly_beats_chance(tmp_path):
     return t / np.linalg.norm(t, axis=1, keepdims=True)
   q, db = thumbs(ds.queries_paths), thumbs(ds.database_paths)
   pred = np.argsort(((q[:, None] - db[None]) ** 2).sum(-1), axis=1)[:, :1]
-  r1 = evaluation.recalls(pred, ds.positives(25.0), (1,))["recall@1"]
+  r1 = metrics.recalls(pred, ds.positives(25.0), (1,))["recall@1"]
   chance = 100 * ds.positives(25.0).counts.mean() / ds.num_database
   assert r1 > 5 * chance, (r1, chance)

@@ -65,16 +65,13 @@ def test_records_hold_the_folder_dataset(tiny_root, data_dir, split):
 
 
 def test_embedder_gives_identical_descriptors(tiny_root, data_dir):
-  from vgssl_jax import parallel
-  from vgssl_jax.config import base_config
-  from vgssl_jax.inference import Embedder
-  from vgssl_jax.models.network import build_model, init_variables
-  c = base_config()
-  c.model.backbone, c.model.width = "resnet18conv4", 8
-  c.model.fc_output_dim, c.model.projection_size, c.model.n_layers = 16, 24, 2
-  model = build_model(c.model, c.method)
+  from tests.conftest import tiny_network
+  from vgssl_jax import sharding
+  from vgssl_jax.evaluation.embedder import Embedder
+  from vgssl_jax.models.network import init_variables
+  model = tiny_network()
   variables = init_variables(model, jax.random.key(0), OPTIONS.image_size)
-  embed = Embedder(model, parallel.make_mesh(1), 8, OPTIONS, progress=False)
+  embed = Embedder(model, sharding.make_mesh(1), 8, OPTIONS, progress=False)
   files, recs = both(tiny_root, data_dir, "test")
   for part in records.PARTS:
     want = embed(variables, files.images(part))
@@ -139,7 +136,7 @@ def test_extras_are_stored_per_image(tiny_root, tmp_path, monkeypatch):
     assert got.extras[key].dtype.kind == want[key].dtype.kind
     np.testing.assert_array_equal(got.extras[key], want[key])
   assert json.loads(got.images("queries").record(4)["extras"]) == {"subtask": True}
-  assert isinstance(got, msls.NoGpsPlaceDataset) and np.isnan(got.queries_utms).all()
+  assert not got.has_gps and np.isnan(got.queries_utms).all()
   assert np.isnan(got.images("queries").record(0)["utm"]).all()
   assert json.loads(got.images("database").record(2)["extras"]) == {"key": "k2"}
   with pytest.raises(places.DatasetError, match="'<part>_<field>'"):

@@ -10,9 +10,18 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from vgssl_jax import parallel
+from vgssl_jax import sharding
 from vgssl_jax.config import validate
 from vgssl_jax.errors import ConfigError
+
+HELP = """
+Options:
+  --config=FILE          experiment config, a Python file with get_config() (configs/)
+  --config.S.K=VALUE     override key K of section S, e.g. --config.train.epochs=4
+  --workdir=DIR          folder for logs, checkpoints, metrics and results
+{extra}
+All config keys, with their defaults and meaning: vgssl_jax/config.py (base_config).
+The README and docs/ describe the datasets, the outputs and the stages."""
 
 
 def define_flags():
@@ -48,11 +57,22 @@ def last_overrides(argv: list[str]) -> list[str]:
   return [a for i, (a, k) in enumerate(zip(argv, keys)) if k is None or k not in keys[i + 1:]]
 
 
+def flags_parser(doc: str, extra: str = ""):
+  """The flags parser of an entry point: --help prints `doc` and the options."""
+  def parser(argv: list[str]) -> list[str]:
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
+      print(doc.strip() + "\n" + HELP.format(extra=extra))
+      sys.exit(0)
+    return parse_flags(argv)
+  return parser
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing that turns config mistakes into one clear message, not a traceback."""
   path = _config_path(argv)
   if path is None:
-    sys.exit("error: --config is required, e.g. --config=configs/demo.py")
+    sys.exit("error: --config is required, e.g. --config=configs/demo.py (--help lists the "
+             "options)")
   if not os.path.isfile(path.split(":")[0]):
     sys.exit(f"error: config file {path!r} does not exist (run from the repository root, "
              "configs are in configs/).")
@@ -104,6 +124,23 @@ def setup_logging(workdir: str | None) -> None:
                "user settings or an accelerator host)")
 
 
+def check_workdir_path(workdir: str) -> None:
+  """Exits with one line unless `workdir` is (or can be made) a folder this process can
+  write, before any work."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    sys.exit(f"error: --workdir {workdir} is a file, not a folder: give a folder for the run's "
+             "outputs (it is created if missing).")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    sys.exit(f"error: cannot write to --workdir {workdir} ({e.strerror or e}); choose a folder "
+             "you can write to, or fix its permissions.")
+
+
 def run_main(argv: list[str], config_flag, workdir_flag, default_workdir, job) -> None:
   """The body of an entry point's main(): checked config, workdir and logging, then
   `job(config, workdir)`; errors the user can fix end the process with one line."""
@@ -112,8 +149,9 @@ def run_main(argv: list[str], config_flag, workdir_flag, default_workdir, job) -
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   config = checked_config(config_flag.value)
   workdir = workdir_flag.value or default_workdir(config)
+  check_workdir_path(workdir)
   try:
-    parallel.initialize_distributed(config.distributed)
+    sharding.initialize_distributed(config.distributed)
     setup_logging(workdir)
     job(config, workdir)
   except USER_ERRORS as e:

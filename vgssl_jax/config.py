@@ -9,12 +9,15 @@ import os
 
 import ml_collections
 
-from data_pipelines import datasets, mining, search, synthetic, test_time
-from vgssl_jax import methods
+from data_pipelines import datasets, mining, query_views, synthetic
+from data_pipelines.places import EVAL_RADIUS_M, TRAIN_POSITIVE_RADIUS_M
 from vgssl_jax.errors import ConfigError
-from vgssl_jax.models import heads, resnet
-
-DTYPES = ("float32", "bfloat16")
+from vgssl_jax.evaluation import search
+from vgssl_jax.evaluation.metrics import RECALL_VALUES
+from vgssl_jax.models import heads, registry
+from vgssl_jax.models.network import DTYPES
+from vgssl_jax.objectives import registry as objectives
+from vgssl_jax.training.optimizer import LR_SCHEDULES
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -58,14 +61,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 64              # pairs per optimizer step (train_batch_size)
   c.train.lr = 1e-5                    # Adam, constant
   c.train.queries_per_epoch = 10000
-  # GeoPair mining (spec §3.2). The mining cache embeds images in eval mode and uses the
+  # GeoPair mining (docs/original.md §GeoPair mining). The mining cache embeds images in eval mode and uses the
   # projector output when model.n_layers > 0 (as the original), else the descriptor.
   c.train.mining = "random"            # random | partial | full
   c.train.neg_samples_num = 0          # partial: pool size; random/full: > 0 = use negatives
   c.train.negs_num_per_query = 1       # M negatives mined per query (a batch keeps one)
   c.train.pair_negative = False        # attach the negative to its pair (halves the item batch)
-  c.train.positive_radius = 10.0       # training positives (metres)
-  c.train.negative_radius = 25.0       # soft positives: never used as negatives
+  c.train.positive_radius = TRAIN_POSITIVE_RADIUS_M  # training positives (metres)
+  c.train.negative_radius = EVAL_RADIUS_M            # soft positives: never used as negatives
   c.train.random_resized_crop = 0.25   # r of RRC on the query view, scale (1 - r, 1); 0 = off
   c.train.horizontal_flip = True       # whole-batch flip with p = 0.5
   c.train.infer_batch_size = 256       # batch of the mining and evaluation forwards
@@ -92,8 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
   c.eval.datasets = ""                 # comma-separated names; "" = data.name
-  c.eval.positive_radius = 25.0
-  c.eval.recall_values = (1, 5, 10, 20)
+  c.eval.positive_radius = EVAL_RADIUS_M
+  c.eval.recall_values = RECALL_VALUES
   c.eval.backend = "device"            # device | faiss
   c.eval.before = False                # also evaluate the untrained model (the demo does)
   c.eval.check_counts = True           # stop when a known benchmark split has unofficial counts
@@ -109,10 +112,10 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# The original's "Final" stage-1 settings on MSLS (spec §1.1, train_msls_*_final_sbatch.sh):
-# (n_layers, projection_size, mining, neg_samples_num, negs_num_per_query, augment, epochs).
-# BYOL/SimSiam point at a script missing from the original repo; the most likely recipe is
-# used (random, 400 epochs, RRC 0.25 + flip; spec §9.21).
+# The original's "Final" stage-1 settings on MSLS (docs/original.md §Stage-1 recipes,
+# train_msls_*_final_sbatch.sh): (n_layers, projection_size, mining, neg_samples_num,
+# negs_num_per_query, augment, epochs). BYOL/SimSiam point at a script missing from the
+# original repo; the most likely recipe is used (random, 400 epochs, RRC 0.25 + flip).
 MSLS_FINAL = {
     "simclr": (1, 1024, "partial", 1000, 1, True, 200),
     "mocov2": (0, 1024, "random", 0, 0, False, 400),
@@ -152,7 +155,7 @@ def _one_of(value, allowed, key):
 
 def items_per_step(config) -> int:
   """Dataset items per step: with attached negatives each item gives two pairs, so the
-  original halves the item batch and a step keeps train.batch_size pairs (spec §3.3)."""
+  original halves the item batch and a step keeps train.batch_size pairs."""
   tc = config.train
   halve = tc.pair_negative and tc.neg_samples_num > 0
   return tc.batch_size // 2 if halve else tc.batch_size
@@ -160,22 +163,32 @@ def items_per_step(config) -> int:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the setting and the fix; runs before anything is compiled."""
-  _one_of(c.method, methods.METHODS, "method")
+  _one_of(c.method, tuple(objectives.OBJECTIVES), "method")
   if c.model.n_layers < 0 or c.model.n_layers > 3:
     raise ConfigError(f"model.n_layers={c.model.n_layers} must be in 0..3 (0 = no projector).")
   try:
-    resnet.parse_backbone(c.model.backbone)
-    heads.projector_layout(heads.PROJECTOR_FAMILY[c.method], c.model.n_layers)
+    registry.family(c.model.backbone)
+    heads.projector_layout(objectives.entry(c.method).projector_family, c.model.n_layers)
   except ValueError as e:
     raise ConfigError(f"{e} (model.backbone / model.n_layers)") from None
-  _one_of(c.model.dtype, DTYPES, "model.dtype")
+  _one_of(c.model.dtype, tuple(DTYPES), "model.dtype")
   _one_of(c.train.mining, mining.MINING_MODES, "train.mining")
   _one_of(c.eval.backend, search.BACKENDS, "eval.backend")
-  _one_of(c.eval.test_method, test_time.METHODS, "eval.test_method")
+  _one_of(c.eval.test_method, query_views.METHODS, "eval.test_method")
   _one_of(c.data.source, datasets.SOURCES, "data.source")
   for key in ("pca_dim", "num_preds_to_save", "pca_images"):
     if c.eval[key] < 0:
       raise ConfigError(f"eval.{key}={c.eval[key]} must be >= 0.")
+  recall_values = tuple(c.eval.recall_values)
+  if not recall_values or any(not isinstance(n, int) or n < 1 for n in recall_values):
+    raise ConfigError(f"eval.recall_values={recall_values} must be ranks N >= 1 (recall@N), e.g. "
+                      "--config.eval.recall_values=1,5,10,20.")
+  if c.eval.pca_dim > c.model.fc_output_dim:
+    raise ConfigError(f"eval.pca_dim={c.eval.pca_dim} exceeds the descriptor size "
+                      f"model.fc_output_dim={c.model.fc_output_dim}: PCA can only reduce it.")
+  if c.eval.pca_dim and c.eval.pca_dim > c.eval.pca_images:
+    raise ConfigError(f"eval.pca_dim={c.eval.pca_dim} exceeds eval.pca_images={c.eval.pca_images}"
+                      ": PCA needs at least as many images as dimensions.")
   for key in ("model.width", "model.fc_output_dim", "model.projection_size", "train.epochs",
               "train.batch_size", "train.queries_per_epoch", "train.infer_batch_size"):
     section, name = key.split(".")
@@ -198,7 +211,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.train.positive_radius > c.train.negative_radius:
     raise ConfigError("train.positive_radius must not exceed train.negative_radius.")
   _check_negatives(c)
-  _one_of(c.train.lr_schedule, ("constant", "cosine"), "train.lr_schedule")
+  _one_of(c.train.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
   for key in ("patience", "warmup_epochs", "checkpoint_every"):
     if c.train[key] < 0:
       raise ConfigError(f"train.{key}={c.train[key]} must be >= 0.")

@@ -1,12 +1,12 @@
-"""Exports a trained retrieval network (backbone + GeM + FC) for use outside vgssl_jax.
+"""Exports a trained retrieval network (backbone + aggregation) for use outside vgssl_jax.
 
   python -m vgssl_jax.export --checkpoint runs/vicreg --out model.safetensors
 
 --checkpoint: a run's workdir, its checkpoints/ folder or one step folder (the best step by
 validation recall@5, else the latest). --out: `.safetensors` or `.npz`. Names are
 torchvision's under `backbone.` plus `aggregation.gem.p` and `aggregation.fc.{weight,bias}`,
-in PyTorch layouts (see vgssl_jax.models.pretrained). A .safetensors header also holds the
-method, model settings and image size (pretrained.read_export_metadata).
+in PyTorch layouts (see vgssl_jax.models.weights.export). A .safetensors header also holds
+the method, model settings and image size (read_export_metadata).
 """
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ import sys
 import jax
 import ml_collections
 
-from vgssl_jax import checkpoints
 from vgssl_jax.errors import USER_ERRORS
-from vgssl_jax.models import pretrained
-from vgssl_jax.models.network import build_model, init_variables
+from vgssl_jax.models.network import init_variables
+from vgssl_jax.models.weights import export as weights_export
+from vgssl_jax.objectives.registry import build_network
+from vgssl_jax.training import checkpoints
 
 
 def export(checkpoint: str, out: str) -> dict:
   """Writes the checkpoint's retrieval network to `out`; returns what was written."""
-  pretrained.check_export_path(out)
+  weights_export.check_export_path(out)
   directory, step, meta = checkpoints.read_meta(checkpoint)
-  model = build_model(ml_collections.ConfigDict(meta["model"]), meta["method"])
+  model = build_network(ml_collections.ConfigDict(meta["model"]), meta["method"])
   image_size = tuple(meta.get("image_size") or (224, 224))
   template = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), image_size))
   variables = checkpoints.restore_variables(
@@ -36,9 +37,9 @@ def export(checkpoint: str, out: str) -> dict:
   metadata = {"format": "vgssl_jax descriptor model", "checkpoint": f"{directory}/{step}",
               "step": step, "method": meta["method"], "model": meta["model"],
               "image_size": list(image_size)}
-  state = pretrained.export_descriptor_model(variables, out, metadata)
+  state = weights_export.export_descriptor_model(variables, out, metadata)
   logging.info("exported step %d of %s to %s: %s", step, directory, out,
-               pretrained.summarize(state))
+               weights_export.summarize(state))
   return state
 
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     state = export(args.checkpoint, args.out)
   except USER_ERRORS as e:
     sys.exit(f"error: {e}")
-  print(f"{args.out}: {pretrained.summarize(state)}", flush=True)
+  print(f"{args.out}: {weights_export.summarize(state)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ class PlaceConfig(tfds.core.BuilderConfig):
 
 def _config(name: str) -> PlaceConfig:
   how = datasets.HOW_TO_GET.get(name, "a folder in the `@` layout")
-  if name == datasets.SYNTHETIC:
+  if name == synthetic.NAME:
     how = "the built-in synthetic dataset (generated on first use)"
   return PlaceConfig(name=name, description=how)
 
@@ -66,7 +66,7 @@ def _config(name: str) -> PlaceConfig:
 def available_splits(root: str, name: str) -> list[str]:
   """The split folders of `<root>/<name>/images` (all of synthetic's, which is generated;
   for raw MSLS, the splits with a city folder)."""
-  if name == datasets.SYNTHETIC:
+  if name == synthetic.NAME:
     return list(synthetic.SPLITS)
   if name == "msls" and msls.is_raw_msls(os.path.join(root, name)):
     return [s for s, cities in msls.CITIES.items() if any(
@@ -85,7 +85,7 @@ class VgPlaces(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version(records.VERSION)
   RELEASE_NOTES = {records.VERSION: "Original image bytes, relative path, UTM and extras."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-  BUILDER_CONFIGS = [_config(n) for n in (*datasets.HOW_TO_GET, datasets.SYNTHETIC)]
+  BUILDER_CONFIGS = [_config(n) for n in (*datasets.HOW_TO_GET, synthetic.NAME)]
 
   def __init__(self, *, config: str | PlaceConfig, splits: Sequence[str] | None = None,
                synthetic_config: synthetic.SyntheticConfig | None = None,
@@ -139,7 +139,7 @@ class VgPlaces(tfds.core.GeneratorBasedBuilder):
         index[key] = {"paths": list(paths), "utms": utms.tolist(), "extras": extras}
         generators[key] = self._generate_examples(place, paths, utms, extras)
     synth = None
-    if name == datasets.SYNTHETIC:
+    if name == synthetic.NAME:
       config = self._synthetic_config or synthetic.SyntheticConfig()
       synth = {"fingerprint": config.fingerprint(), "config": dataclasses.asdict(config)}
     # Written next to the records: PlaceDatasets are rebuilt without reading the images.

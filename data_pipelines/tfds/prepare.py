@@ -23,7 +23,7 @@ from data_pipelines import datasets, formats, images, places, synthetic
 from data_pipelines.tfds import records
 
 
-def synthetic_on_disk(root: str, name: str = datasets.SYNTHETIC
+def synthetic_on_disk(root: str, name: str = synthetic.NAME
                       ) -> synthetic.SyntheticConfig | None:
   """The configuration the synthetic dataset `<root>/<name>` was generated with, if any."""
   manifest = os.path.join(root, name, synthetic.MANIFEST)
@@ -57,7 +57,7 @@ def prepare(name: str, root: str, data_dir: str, splits: Sequence[str] | None = 
   tfds = records.import_tfds()
   from data_pipelines.tfds import builder as builder_lib  # imports tensorflow_datasets
 
-  if name == datasets.SYNTHETIC:
+  if name == synthetic.NAME:
     synthetic_config = (synthetic_config or synthetic_on_disk(root, name)
                         or synthetic.SyntheticConfig())
     os.makedirs(root, exist_ok=True)
@@ -75,7 +75,7 @@ def prepare(name: str, root: str, data_dir: str, splits: Sequence[str] | None = 
   if source is not None:
     have = list(source.get("splits", []))
     fingerprint = (source.get("synthetic") or {}).get("fingerprint")
-    stale = name == datasets.SYNTHETIC and fingerprint != synthetic_config.fingerprint()
+    stale = name == synthetic.NAME and fingerprint != synthetic_config.fingerprint()
     if overwrite or stale or not source:
       mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # deletes and rewrites it
     elif set(wanted) <= set(have):

@@ -14,8 +14,8 @@ and extras column by column, so a PlaceDataset is rebuilt without reading the im
 
 Extras: PlaceDataset.extras keys are "<part>_<field>" (e.g. "queries_key", as MSLS),
 arrays with one entry per image of that part; a record's JSON holds {field: value}.
-A dataset whose coordinates are not all finite (MSLS test: no GPS) comes back as a
-msls.NoGpsPlaceDataset, as from the folder.
+A dataset whose coordinates are not all finite (MSLS test: no GPS) comes back with NaN
+coordinates (`PlaceDataset.has_gps` False), as from the folder.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from data_pipelines import datasets, images, msls, places, synthetic
+from data_pipelines import images, places, synthetic
 
 BUILDER_NAME = "vg_places"
 VERSION = "1.0.0"
@@ -192,7 +192,7 @@ def load_records(data_dir: str, name: str, split: str,
     raise places.DatasetError(
         f"{os.path.abspath(directory)} has no place index in metadata.json: it was not written "
         f"by data_pipelines.tfds. Prepare it again: {prepare_command(name, data_dir, split)}")
-  if name == datasets.SYNTHETIC:
+  if name == synthetic.NAME:
     _check_synthetic(metadata["source"], name, data_dir, synthetic_config)
   prepared = list(metadata["source"]["splits"])
   if split not in prepared:
@@ -213,9 +213,7 @@ def load_records(data_dir: str, name: str, split: str,
     parts[part] = (paths, np.asarray(index["utms"], np.float64).reshape(-1, 2))
     sources[part] = RecordImages(directory, key, paths)
     extras[part] = index["extras"]
-  finite = all(np.isfinite(utms).all() for _, utms in parts.values())
-  cls = places.PlaceDataset if finite else msls.NoGpsPlaceDataset
-  return cls(
+  return places.PlaceDataset(
       name=name, split=split, root=directory,
       database_paths=parts["database"][0], queries_paths=parts["queries"][0],
       database_utms=parts["database"][1], queries_utms=parts["queries"][1],

@@ -1,4 +1,4 @@
-"""Projector F_p and predictor of VG-SSL (spec §2.3, §2.4).
+"""Projector F_p and predictor of VG-SSL (docs/original.md §Projector and predictor).
 
 Layers are named by their index in the original's nn.Sequential ("0", "1", "3", ...),
 so that checkpoints map by name.
@@ -12,9 +12,7 @@ import jax.numpy as jnp
 
 from vgssl_jax.models.layers import BatchNorm, Dense, Dtype
 
-# Which projector each SSL method uses.
-PROJECTOR_FAMILY = {"byol": "byol", "simsiam": "byol", "simclr": "contrastive",
-                    "mocov2": "contrastive", "vicreg": "vicreg", "bt": "vicreg"}
+# The projector families of the original (which objective uses which: objectives.registry).
 MAX_LAYERS = {"byol": 3, "contrastive": 2, "vicreg": 3}
 PREDICTOR_HIDDEN = 4096  # fixed for both BYOL and SimSiam in the original
 

@@ -1,60 +1,71 @@
-"""The VG-SSL network: backbone F_l -> aggregation F_g (descriptor) -> projector F_p."""
+"""The retrieval network: backbone F_l -> aggregation F_g (descriptor) -> projector F_p.
+
+Which backbone, aggregation and projector family are used is decided by `build_model`
+(backbones come from models.registry, the projector family from the objective), so the
+network itself knows no backbone or method names.
+"""
 
 from __future__ import annotations
-
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vgssl_jax.models import registry
 from vgssl_jax.models.aggregation import Aggregation
-from vgssl_jax.models.heads import PROJECTOR_FAMILY, Projector
+from vgssl_jax.models.heads import Projector
 from vgssl_jax.models.layers import Dtype
-from vgssl_jax.models.resnet import ResNet, parse_backbone
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class GeoLocalizationNet(nn.Module):
   """Images (N, H, W, 3), normalised, -> {"descriptor", "projection"}.
 
-  `descriptor` (N, fc_output_dim) is the L2-normalised retrieval descriptor (the
-  pre-projector output, used for evaluation). `projection` is the projector output
-  (N, projection_size), or the descriptor itself when n_layers == 0; it feeds the SSL
-  losses and the mining cache. With project=False the projector is skipped.
+  `descriptor` (N, descriptor_dim) is the L2-normalised retrieval descriptor (the
+  pre-projector output, used for evaluation). `projection` is the projector output, or
+  the descriptor itself when the projector has no layers; it feeds the SSL losses and the
+  mining cache. With project=False the projector is skipped. `aggregation` is None for
+  backbones that output the descriptor themselves.
   """
-  backbone: str = "resnet50conv5"
-  width: int = 64
-  fc_output_dim: int = 1024
-  method: str = "vicreg"
-  n_layers: int = 2
-  projection_size: int = 4096
+  backbone: nn.Module
+  aggregation: nn.Module | None
+  projector: Projector
+  descriptor_dim: int
   dtype: Dtype = jnp.float32
+
+  @property
+  def projection_dim(self) -> int:
+    return self.projector.size if self.projector.n_layers > 0 else self.descriptor_dim
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool, project: bool = True) -> dict:
-    depth, last_stage = parse_backbone(self.backbone)
-    features = ResNet(depth, last_stage, self.width, self.dtype, name="backbone")(images, train)
-    if features.dtype != jnp.float32:
-      # Materialise the bfloat16 feature map before the float32 aggregation: with the two
-      # fused, XLA's CPU compiler produced NaN descriptors for batches of 128 (jax 0.12.0.1;
-      # tests/test_models.py checks it). The barrier costs one buffer.
-      features = jax.lax.optimization_barrier(features)
-    descriptor = Aggregation(self.fc_output_dim, name="aggregation")(features)
+    features = self.backbone(images, train)
+    if self.aggregation is None:
+      descriptor = features
+    else:
+      if features.dtype != jnp.float32:
+        # Materialise the bfloat16 feature map before the float32 aggregation: with the two
+        # fused, XLA's CPU compiler produced NaN descriptors for batches of 128 (jax 0.12.0.1;
+        # tests/test_models.py checks it). The barrier costs one buffer.
+        features = jax.lax.optimization_barrier(features)
+      descriptor = self.aggregation(features)
     out = {"descriptor": descriptor}
     if project:
-      out["projection"] = Projector(PROJECTOR_FAMILY[self.method], self.n_layers,
-                                    self.projection_size, self.dtype, name="projector")(
-                                        descriptor, train)
+      out["projection"] = self.projector(descriptor, train)
     return out
 
 
-def build_model(model_config, method: str) -> GeoLocalizationNet:
-  """GeoLocalizationNet from the `model` section of a config."""
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[model_config.dtype]
-  return GeoLocalizationNet(
-      backbone=model_config.backbone, width=model_config.width,
-      fc_output_dim=model_config.fc_output_dim, method=method,
-      n_layers=model_config.n_layers, projection_size=model_config.projection_size,
-      dtype=dtype)
+def build_model(model_config, projector_family: str) -> GeoLocalizationNet:
+  """GeoLocalizationNet from the `model` section of a config; `projector_family` is the
+  objective's (objectives.registry)."""
+  dtype = DTYPES[model_config.dtype]
+  backbone, output = registry.build_backbone(model_config, dtype)
+  aggregation = (Aggregation(model_config.fc_output_dim) if output == registry.FEATURE_MAP
+                 else None)
+  projector = Projector(projector_family, model_config.n_layers, model_config.projection_size,
+                        dtype)
+  return GeoLocalizationNet(backbone, aggregation, projector, model_config.fc_output_dim, dtype)
 
 
 def init_variables(model: GeoLocalizationNet, key: jax.Array, image_size) -> dict:

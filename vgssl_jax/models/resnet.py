@@ -2,31 +2,20 @@
 
 Module names map 1:1 onto torchvision's state-dict keys (`conv1`, `bn1`,
 `layer1.0.conv1`, ..., `layer2.0.downsample.0`), so ImageNet weights convert by
-name (see `vgssl_jax.models.torch_names`).
+name (see vgssl_jax.models.weights.names). Names and the stage table live in
+resnet_layout (importable without jax).
 """
 
 from __future__ import annotations
-
-import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vgssl_jax.models.layers import BatchNorm, Conv, Dtype
+from vgssl_jax.models.resnet_layout import STAGES, VALID_NAMES, features_dim, parse_backbone
 
-STAGES = {18: ("basic", (2, 2, 2, 2)), 50: ("bottleneck", (3, 4, 6, 3)),
-          101: ("bottleneck", (3, 4, 23, 3))}
-_BACKBONE_RE = re.compile(r"^resnet(18|50|101)conv([45])$")
-
-
-def parse_backbone(name: str) -> tuple[int, int]:
-  """'resnet50conv5' -> (50, 5). Raises ValueError listing the valid names."""
-  match = _BACKBONE_RE.match(name)
-  if not match:
-    valid = ", ".join(f"resnet{d}conv{c}" for d in STAGES for c in (4, 5))
-    raise ValueError(f"unknown backbone {name!r}; expected one of {valid}")
-  return int(match.group(1)), int(match.group(2))
+__all__ = ["ResNet", "STAGES", "VALID_NAMES", "parse_backbone", "stem_max_pool"]
 
 
 def stem_max_pool(x: jax.Array) -> jax.Array:
@@ -128,5 +117,4 @@ class ResNet(nn.Module):
 
   @property
   def features_dim(self) -> int:
-    kind, _ = STAGES[self.depth]
-    return self.width * 2 ** (self.last_stage - 2) * (1 if kind == "basic" else 4)
+    return features_dim(self.depth, self.last_stage, self.width)

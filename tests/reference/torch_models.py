@@ -1,0 +1,218 @@
+"""PyTorch twins of the original's networks and stage-1 step: the reference the torch tests
+compare with, what tests/reference/make_references.py stores for the torch-free tests, and
+the original's step that benchmarks/train_step.py --compare-torch times side by side.
+
+Needs torch (not a dependency of the package). The ResNet has torchvision's module names
+and children order (v1.5), with any stem width (torchvision's cannot be made narrow).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vgssl_jax.models.resnet_layout import STAGES, parse_backbone
+
+
+class BasicBlock(nn.Module):
+  expansion = 1
+
+  def __init__(self, inplanes, planes, stride, downsample):
+    super().__init__()
+    self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.relu = nn.ReLU(inplace=True)
+    self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.downsample = downsample
+
+  def forward(self, x):
+    identity = x if self.downsample is None else self.downsample(x)
+    y = self.relu(self.bn1(self.conv1(x)))
+    return self.relu(self.bn2(self.conv2(y)) + identity)
+
+
+class Bottleneck(nn.Module):
+  expansion = 4
+
+  def __init__(self, inplanes, planes, stride, downsample):
+    super().__init__()
+    self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(planes * 4)
+    self.relu = nn.ReLU(inplace=True)
+    self.downsample = downsample
+
+  def forward(self, x):
+    identity = x if self.downsample is None else self.downsample(x)
+    y = self.relu(self.bn1(self.conv1(x)))
+    y = self.relu(self.bn2(self.conv2(y)))
+    return self.relu(self.bn3(self.conv3(y)) + identity)
+
+
+class ResNet(nn.Module):
+  """torchvision.models.resnet<depth>() with stem width `width` (64 = torchvision's)."""
+
+  def __init__(self, depth: int = 50, width: int = 64):
+    super().__init__()
+    kind, blocks = STAGES[depth]
+    block = BasicBlock if kind == "basic" else Bottleneck
+    self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.relu = nn.ReLU(inplace=True)
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    inplanes = width
+    for stage, n in enumerate(blocks):
+      planes, stride = width * 2 ** stage, 1 if stage == 0 else 2
+      layers = []
+      for b in range(n):
+        down = None
+        if b == 0 and (stride != 1 or inplanes != planes * block.expansion):
+          down = nn.Sequential(nn.Conv2d(inplanes, planes * block.expansion, 1, stride,
+                                         bias=False), nn.BatchNorm2d(planes * block.expansion))
+        layers.append(block(inplanes, planes, stride if b == 0 else 1, down))
+        inplanes = planes * block.expansion
+      setattr(self, f"layer{stage + 1}", nn.Sequential(*layers))
+    self.avgpool = nn.AdaptiveAvgPool2d(1)
+    self.fc = nn.Linear(inplanes, 1000)
+    self.features_dim = inplanes
+
+
+class L2Norm(nn.Module):
+  def forward(self, x):
+    return F.normalize(x, p=2, dim=1)
+
+
+class GeM(nn.Module):
+  def __init__(self, p: float = 3.0, eps: float = 1e-6):
+    super().__init__()
+    self.p, self.eps = nn.Parameter(torch.ones(1) * p), eps
+
+  def forward(self, x):
+    x = x.clamp(min=self.eps).pow(self.p)
+    return F.avg_pool2d(x, (x.size(-2), x.size(-1))).pow(1.0 / self.p)  # (N, C, 1, 1)
+
+
+class Flatten(nn.Module):
+  def forward(self, x):
+    assert x.shape[2] == x.shape[3] == 1
+    return x[:, :, 0, 0]
+
+
+def randomize(module: nn.Module, seed: int) -> None:
+  """Random weights that keep activations O(1), and random BatchNorm running statistics."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, t in module.state_dict().items():
+      if name.endswith("num_batches_tracked"):
+        continue
+      if name.endswith("running_var"):
+        t.copy_(torch.rand(t.shape, generator=g) * 1.5 + 0.5)
+      elif name.endswith("running_mean") or name.endswith("bias"):
+        t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+      elif t.ndim == 1:  # BatchNorm scale
+        t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+      else:
+        t.copy_(torch.randn(t.shape, generator=g) * (2.0 / np.prod(t.shape[1:])) ** 0.5)
+
+
+def trunk(resnet: ResNet, last_stage: int) -> nn.Sequential:
+  """The original's backbone: Sequential(children[:-2]) (conv5) or [:-3] (conv4)."""
+  return nn.Sequential(*list(resnet.children())[:-2 if last_stage == 5 else -3])
+
+
+class SSLModel(nn.Module):
+  """The wrapper's copies of the shared modules (`ssl_model.*` keys of a checkpoint)."""
+
+  def __init__(self, backbone, aggregation, projection_size):
+    super().__init__()
+    self.online_encoder = nn.Sequential(backbone, aggregation)   # shared modules
+    self.online_predictor = nn.Sequential(nn.Linear(projection_size, 32), nn.BatchNorm1d(32))
+
+
+class SSLGeoLocalizationNet(nn.Module):
+  """The original's stage-1 LightningModule parts, with its key layout:
+  backbone = Sequential(children[:-2]); aggregation = Sequential(Sequential(L2Norm, GeM,
+  Flatten), Linear, L2Norm), wrapped with the VICReg projector when n_layers > 0;
+  ssl_model sharing them."""
+
+  def __init__(self, backbone: str, width: int, fc_output_dim: int = 16, n_layers: int = 0,
+               projection_size: int = 24):
+    super().__init__()
+    depth, last_stage = parse_backbone(backbone)
+    resnet = ResNet(depth, width)
+    self.n_layers = n_layers
+    self.backbone = trunk(resnet, last_stage)
+    channels = width * 2 ** (last_stage - 2) * (1 if depth == 18 else 4)
+    self.aggregation = nn.Sequential(nn.Sequential(L2Norm(), GeM(), Flatten()),
+                                     nn.Linear(channels, fc_output_dim), L2Norm())
+    if n_layers > 0:
+      self.aggregation = nn.Sequential(self.aggregation, nn.Sequential(
+          nn.Linear(fc_output_dim, projection_size, bias=False), nn.BatchNorm1d(projection_size),
+          nn.ReLU(inplace=True), nn.Linear(projection_size, projection_size, bias=False)))
+    self.ssl_model = SSLModel(self.backbone, self.aggregation, projection_size)
+
+  def descriptor(self, x):
+    agg = self.aggregation[0] if self.n_layers > 0 else self.aggregation
+    return agg(self.backbone(x))
+
+  def gem(self) -> GeM:
+    return self.aggregation[0][0][1] if self.n_layers > 0 else self.aggregation[0][1]
+
+
+def vicreg_loss(x, y, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0):
+  """The original's VICReg (spec §2.6)."""
+  n, d = x.shape
+  repr_loss = F.mse_loss(x, y)
+  x = x - x.mean(dim=0)
+  y = y - y.mean(dim=0)
+  std_x = torch.sqrt(x.var(dim=0) + 0.0001)
+  std_y = torch.sqrt(y.var(dim=0) + 0.0001)
+  std_loss = torch.mean(F.relu(1 - std_x)) / 2 + torch.mean(F.relu(1 - std_y)) / 2
+  cov_x = (x.T @ x) / (n - 1)
+  cov_y = (y.T @ y) / (n - 1)
+  off = lambda c: c.pow(2).sum() - c.diagonal().pow(2).sum()
+  return sim_coeff * repr_loss + std_coeff * std_loss + cov_coeff * (off(cov_x) + off(cov_y)) / d
+
+
+class StageOne(nn.Module):
+  """The original's stage-1 network: ResNet trunk (children[:-2]), L2 -> GeM -> FC -> L2,
+  and the VICReg projector Lin nb -> BN -> ReLU -> Lin nb."""
+
+  def __init__(self, depth: int = 50, width: int = 64, fc_output_dim: int = 1024,
+               projection_size: int = 4096):
+    super().__init__()
+    resnet = ResNet(depth, width)
+    self.backbone = nn.Sequential(*list(resnet.children())[:-2])
+    self.aggregation = nn.Sequential(L2Norm(), GeM(), Flatten(),
+                                     nn.Linear(resnet.features_dim, fc_output_dim), L2Norm())
+    self.projector = nn.Sequential(nn.Linear(fc_output_dim, projection_size, bias=False),
+                                   nn.BatchNorm1d(projection_size), nn.ReLU(inplace=True),
+                                   nn.Linear(projection_size, projection_size, bias=False))
+
+  def forward(self, x):
+    return self.projector(self.aggregation(self.backbone(x)))
+
+
+def make_step(depth=50, width=64, fc_output_dim=1024, projection_size=4096, lr=1e-5,
+              dtype: str = "float32"):
+  """A function (view1, view2) -> loss doing the original's optimizer step (NCHW tensors).
+
+  bfloat16 runs the forward under CPU autocast (the usual PyTorch mixed precision)."""
+  model = StageOne(depth, width, fc_output_dim, projection_size).train()
+  optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+  def step(view1, view2):
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+      z1, z2 = model(view1), model(view2)  # separate BatchNorm passes, as the original
+    loss = vicreg_loss(z1.float(), z2.float())
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+  return step

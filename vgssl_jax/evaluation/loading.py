@@ -1,0 +1,55 @@
+"""The model an evaluation scores: as initialised, from one of our runs, or from a weights
+file (a VG-SSL PyTorch checkpoint or one of our exports)."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+
+from vgssl_jax import sharding
+from vgssl_jax.models.network import init_variables
+from vgssl_jax.models.weights import export as weights_export
+from vgssl_jax.models.weights import vgssl
+from vgssl_jax.models.weights.files import is_weight_file
+from vgssl_jax.training import checkpoints
+
+
+def load_variables(config, checkpoint: str | None, model, mesh) -> tuple[dict, dict]:
+  """(variables, info) of `model` to evaluate: as initialised (checkpoint None), from one of
+  our runs, or from a weights file."""
+  image_size = tuple(config.data.image_size)
+  if checkpoint is None or is_weight_file(checkpoint):
+    variables = jax.jit(lambda: init_variables(model, jax.random.PRNGKey(config.seed),
+                                               image_size),
+                        out_shardings=sharding.replicated(mesh))()
+    if checkpoint is None:
+      return variables, {"checkpoint": None, "note": "model as initialised (baseline)"}
+    variables = vgssl.import_vgssl_checkpoint(checkpoint, jax.device_get(variables))
+    return (jax.device_put(variables, sharding.replicated(mesh)),
+            {"checkpoint": checkpoint, "note": "imported weights file"})
+  template = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), image_size))
+  directory, step, meta = checkpoints.read_meta(checkpoint)
+  variables = checkpoints.restore_variables(directory, step, template, sharding.replicated(mesh))
+  return variables, {"checkpoint": directory, "step": step, "epoch": meta.get("epoch"),
+                     "validation": meta.get("metrics", {})}
+
+
+def adopt_checkpoint_model(config, checkpoint: str) -> None:
+  """The checkpoint decides the network: its method and model settings replace the config's.
+
+  A run's checkpoint and our own .safetensors exports record them; original VG-SSL files do
+  not, so the config must describe that network (backbone, width, fc_output_dim)."""
+  if is_weight_file(checkpoint):
+    meta = weights_export.read_export_metadata(checkpoint)
+    if not meta.get("model"):
+      return
+  else:
+    _, _, meta = checkpoints.read_meta(checkpoint)
+  with config.unlocked():
+    for key, value in meta["model"].items():
+      if config.model[key] != value:
+        logging.info("model.%s = %r from the checkpoint (config had %r)", key, value,
+                     config.model[key])
+      config.model[key] = value
+    config.method = meta["method"]

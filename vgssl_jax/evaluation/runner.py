@@ -1,0 +1,211 @@
+"""The evaluation runner: one model on several datasets (embed -> rank -> re-rank ->
+score -> export), also used for validation during training.
+
+`evaluate_places` is the pipeline for one split; a re-ranking step (predictions in,
+predictions out, e.g. stage 2's R2Former) plugs in between the global ranking and the
+scores, and is scored beside it with the prefix "reranked_".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from data_pipelines import datasets
+from data_pipelines.places import EVAL_RADIUS_M, PlaceDataset
+from vgssl_jax import data_config, sharding
+from vgssl_jax.config import eval_datasets
+from vgssl_jax.errors import ConfigError
+from vgssl_jax.evaluation import exports, loading, metrics, retrieval
+from vgssl_jax.evaluation.embedder import Embedder
+from vgssl_jax.evaluation.metrics import RECALL_VALUES
+from vgssl_jax.objectives import registry
+
+# (split, global predictions (Q, K)) -> re-ranked predictions (Q, K')
+Reranker = Callable[[PlaceDataset, np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+  radius: float = EVAL_RADIUS_M
+  recall_values: tuple[int, ...] = RECALL_VALUES
+  backend: str = "device"
+  test_method: str = "hard_resize"
+  majority_weight: float = 0.01
+  num_preds_to_save: int = 0
+  save_only_wrong_preds: bool = False
+
+  @classmethod
+  def from_config(cls, ec) -> "EvalOptions":
+    return cls(ec.positive_radius, tuple(ec.recall_values), ec.backend, ec.test_method,
+               ec.majority_weight, ec.num_preds_to_save, ec.save_only_wrong_preds)
+
+  def for_validation(self) -> "EvalOptions":
+    """As the original's validation during training: hard resize, no pictures."""
+    return dataclasses.replace(self, test_method="hard_resize", num_preds_to_save=0)
+
+
+def score(predictions: np.ndarray, places: PlaceDataset, options: EvalOptions,
+          prefix: str = "") -> dict:
+  """{prefix + "recall@N": ...} of one ranking (MSLS raw: the official metrics)."""
+  if not places.has_gps:
+    return {}
+  if "queries_key" in places.extras:
+    result = metrics.msls_metrics(predictions, places, tuple(options.recall_values),
+                                  options.radius)
+  else:
+    result = metrics.recalls(predictions, places.positives(options.radius),
+                             options.recall_values)
+  return {prefix + k: v for k, v in result.items()}
+
+
+def evaluate_places(embedder, variables: dict, places: PlaceDataset,
+                    options: EvalOptions = EvalOptions(), pca: retrieval.PCA | None = None,
+                    out_dir: str | None = None, rerank: Reranker | None = None) -> dict:
+  """Scores one dataset split; with `rerank` also the re-ranked list ("reranked_*" keys).
+  With `out_dir` also writes the exports (see vgssl_jax/evaluate.py)."""
+  db, q = retrieval.embed_places(embedder, variables, places, options.test_method,
+                                 embedder.options.image_size)
+  if pca is not None:
+    db, q = pca(db), pca(q.reshape(-1, q.shape[-1])).reshape(*q.shape[:2], -1)
+  is_msls = "queries_key" in places.extras
+  k = min(len(db), max(list(options.recall_values) + [options.num_preds_to_save] +
+                       [exports.MSLS_TOP_K if is_msls else 0]))
+  predictions = retrieval.rank(q, db, k, options.test_method, options.backend,
+                               options.majority_weight)
+  result = {"queries": places.num_queries, "database": places.num_database,
+            "test_method": options.test_method}
+  if pca is not None:
+    result["pca_dim"] = int(pca.components.shape[0])
+  result.update(score(predictions, places, options))
+  final = predictions
+  if rerank is not None:
+    final = rerank(places, predictions)
+    result.update(score(final, places, options, prefix="reranked_"))
+  if not places.has_gps:
+    logging.info("%s/%s has no coordinates: predictions only (score them on the challenge "
+                 "server)", places.name, places.split)
+  if out_dir is not None:
+    result.update(write_exports(out_dir, places, db, q, final, options))
+  return result
+
+
+def write_exports(out_dir: str, places: PlaceDataset, db: np.ndarray, q: np.ndarray,
+                  predictions: np.ndarray, options: EvalOptions) -> dict:
+  """The exports of one split (the final ranking's); returns what results.json records."""
+  record = {}
+  exports.write_descriptors(out_dir, places, db, q, options.test_method)
+  is_msls = "queries_key" in places.extras
+  if is_msls:
+    path = os.path.join(out_dir, "predictions", f"{places.name}.txt")
+    exports.write_msls_predictions(path, predictions, places)
+    record["predictions_file"] = os.path.relpath(path, out_dir)
+  if places.has_gps:
+    positives = places.positives(options.radius)
+    record["recall_curve"] = exports.write_curve(
+        out_dir, places, predictions, positives, only_with_positives=is_msls,
+        title=f"{places.name}/{places.split}: recall@N (%), {options.test_method}")
+    if options.num_preds_to_save:
+      record["saved_predictions"] = exports.write_pictures(
+          out_dir, places, predictions, positives,
+          min(options.num_preds_to_save, predictions.shape[1]), options.save_only_wrong_preds)
+  return record
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSets:
+  """The splits an evaluation scores, opened and checked before any model work."""
+  sets: dict[str, tuple[PlaceDataset, dict]]   # name -> (split, protocol check)
+  pca: PlaceDataset | None = None              # whose database images fit the PCA
+
+
+def open_eval_sets(config) -> EvalSets:
+  """The eval datasets (and the PCA's), opened and checked before any model work starts:
+  a protocol mismatch or a PCA larger than its images stops here."""
+  sets = {}
+  for name in eval_datasets(config):
+    places = data_config.open_split(config, name, config.eval.split)
+    sets[name] = (places, datasets.check_protocol(places, config.eval.check_counts))
+  ec, pca = config.eval, None
+  if ec.pca_dim:
+    pca = data_config.open_split(config, ec.pca_dataset or config.data.name, ec.pca_split)
+    if ec.pca_dim > pca.num_database:
+      raise ConfigError(f"eval.pca_dim={ec.pca_dim} exceeds the {pca.num_database} database "
+                        f"images of {pca.name}/{pca.split} that fit the PCA; lower eval.pca_dim "
+                        "or choose another eval.pca_dataset / eval.pca_split.")
+  return EvalSets(sets, pca)
+
+
+def fit_pca(config, embedder, variables: dict, places: PlaceDataset | None) -> retrieval.PCA | None:
+  """PCA fitted on up to eval.pca_images database images of `places` (eval.pca_dataset,
+  as the original, which fits on a training folder); None without eval.pca_dim."""
+  ec = config.eval
+  if not ec.pca_dim:
+    return None
+  n = min(ec.pca_images, places.num_database)
+  indices = np.sort(np.random.default_rng(config.seed).choice(places.num_database, n,
+                                                              replace=False))
+  feats = embedder(variables, places.images("database"), indices, desc="PCA fit")
+  logging.info("PCA to %d dims fitted on %d database images of %s/%s", ec.pca_dim, n,
+               places.name, places.split)
+  return retrieval.PCA.fit(feats, ec.pca_dim)
+
+
+def evaluate_all(config, embedder, variables: dict, eval_sets: EvalSets,
+                 out_dir: str | None = None) -> dict:
+  """{dataset: result} for the eval datasets, with optional exports under out_dir."""
+  options = EvalOptions.from_config(config.eval)
+  pca = fit_pca(config, embedder, variables, eval_sets.pca)
+  return {name: {**evaluate_places(embedder, variables, places, options, pca, out_dir),
+                 "split": places.split, **check}
+          for name, (places, check) in eval_sets.sets.items()}
+
+
+def format_table(results: dict[str, dict[str, dict]], recall_values=RECALL_VALUES) -> str:
+  """Markdown table: one row per (model, dataset), e.g. results = {"before": {...}, ...}."""
+  head = "| model | dataset | " + " | ".join(f"R@{n}" for n in recall_values) + " |"
+  lines = [head, "|" + "---|" * (len(recall_values) + 2)]
+  for stage, per_dataset in results.items():
+    for dataset, r in per_dataset.items():
+      cells = " | ".join(f"{r[f'recall@{n}']:.1f}" if f"recall@{n}" in r else "-"
+                         for n in recall_values)
+      lines.append(f"| {stage} | {dataset} | {cells} |")
+  return "\n".join(lines)
+
+
+def evaluate_model(config, checkpoint: str | None, workdir: str) -> dict:
+  """What `python -m vgssl_jax.evaluate` does: one model on the eval datasets, results and
+  exports written under `workdir` (see vgssl_jax/evaluate.py)."""
+  if os.path.exists(os.path.join(workdir, "config.json")):  # its results.json is the run's
+    raise ConfigError(f"--workdir {workdir} holds a training run; write the evaluation to "
+                      f"another folder, e.g. --workdir {os.path.join(workdir, 'eval')}.")
+  os.makedirs(workdir, exist_ok=True)
+  if checkpoint:
+    loading.adopt_checkpoint_model(config, checkpoint)
+  mesh = sharding.make_mesh(config.num_devices)
+  eval_sets = open_eval_sets(config)
+  model = registry.build_network(config.model, config.method)
+  embedder = Embedder.from_config(config, model, mesh)
+  variables, info = loading.load_variables(config, checkpoint, model, mesh)
+  logging.info("evaluating %s on %s", info.get("checkpoint") or "the initial model",
+               ", ".join(eval_sets.sets))
+  results = evaluate_all(config, embedder, variables, eval_sets, out_dir=workdir)
+  table = format_table({"model": results}, tuple(config.eval.recall_values))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=1)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+      f.write(f"# Evaluation\n\nmodel: {info.get('checkpoint') or info['note']}"
+              f"{' (step %s)' % info['step'] if info.get('step') is not None else ''}, "
+              f"test method {config.eval.test_method}, split {config.eval.split}\n\n{table}\n")
+    with open(os.path.join(workdir, "model.json"), "w") as f:
+      json.dump({**info, "config": json.loads(config.to_json_best_effort())}, f, indent=1)
+  print(f"\nRecall@N (%), {config.eval.split} split:\n{table}\nresults: "
+        f"{os.path.join(workdir, 'results.json')}", flush=True)
+  return results

@@ -1,0 +1,188 @@
+"""Exact nearest-neighbour search: on the device (chunked matmul + top_k) or with faiss.
+
+Both return squared L2 distances and database indices sorted by ascending distance,
+as faiss.IndexFlatL2 does, so the two backends are interchangeable. This module is also
+the `NeighborSearch` that data_pipelines.mining is given (nearest_among, masked_knn).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BACKENDS = ("device", "faiss")
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _topk_chunk(queries: jax.Array, database: jax.Array, db_sq: jax.Array, k: int):
+  # ||q - d||^2 = ||q||^2 - 2 q.d + ||d||^2, at full float32 precision.
+  dots = jnp.dot(queries, database.T, precision=jax.lax.Precision.HIGHEST)
+  dist = jnp.sum(queries * queries, axis=1, keepdims=True) - 2 * dots + db_sq[None, :]
+  neg, idx = jax.lax.top_k(-dist, k)
+  return jnp.maximum(-neg, 0.0), idx
+
+
+def device_knn(queries: np.ndarray, database: np.ndarray, k: int,
+               chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """Exact k-NN by squared L2. (Q, D), (N, D) -> distances (Q, k) float32, indices (Q, k) int64.
+
+  Queries are processed in fixed-size chunks (the last one padded) so that the
+  search compiles once per shape.
+  """
+  queries = np.asarray(queries, np.float32)
+  database = np.asarray(database, np.float32)
+  k = min(k, len(database))
+  db = jnp.asarray(database)
+  db_sq = jnp.sum(db * db, axis=1)
+  chunk = max(1, min(chunk, len(queries)))
+  dists, idxs = [], []
+  for start in range(0, len(queries), chunk):
+    q = queries[start:start + chunk]
+    n = len(q)
+    if n < chunk:
+      q = np.concatenate([q, np.zeros((chunk - n, q.shape[1]), np.float32)])
+    d, i = _topk_chunk(jnp.asarray(q), db, db_sq, k)
+    dists.append(np.asarray(d)[:n])
+    idxs.append(np.asarray(i)[:n])
+  if not dists:
+    return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+  return np.concatenate(dists), np.concatenate(idxs).astype(np.int64)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _masked_topk_chunk(queries, database, db_sq, excluded, k):
+  dots = jnp.dot(queries, database.T, precision=jax.lax.Precision.HIGHEST)
+  dist = jnp.sum(queries * queries, axis=1, keepdims=True) - 2 * dots + db_sq[None, :]
+  rows = jnp.broadcast_to(jnp.arange(queries.shape[0])[:, None], excluded.shape)
+  # excluded columns (padding = an out-of-range column, dropped) can never be chosen
+  dist = dist.at[rows, excluded].set(jnp.inf, mode="drop")
+  neg, idx = jax.lax.top_k(-dist, k)
+  return -neg, idx
+
+
+def device_masked_knn(queries: np.ndarray, database: np.ndarray, excluded: np.ndarray, k: int,
+                      chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """Exact k-NN by squared L2 with per-query excluded database rows.
+
+  excluded: (Q, S) database row indices that query q must not return, padded with -1.
+  The exclusion happens on the device before top_k, so k stays small (top_k's cost grows
+  with k). Returns distances (Q, k) (inf where fewer than k rows are allowed) and indices.
+  """
+  queries = np.asarray(queries, np.float32)
+  excluded = np.asarray(excluded, np.int64).reshape(len(queries), -1)
+  n = len(database)
+  k = min(k, n)
+  db = jnp.asarray(database, jnp.float32)
+  db_sq = jnp.sum(db * db, axis=1)
+  # pad the excluded lists to a multiple of 8 columns: few shapes, few compilations
+  width = max(8, -(-excluded.shape[1] // 8) * 8)
+  excluded = np.where(excluded >= 0, excluded, n)
+  excluded = np.pad(excluded, ((0, 0), (0, width - excluded.shape[1])), constant_values=n)
+  chunk = max(1, min(chunk, len(queries)))
+  dists, idxs = [], []
+  for start in range(0, len(queries), chunk):
+    q, ex = queries[start:start + chunk], excluded[start:start + chunk]
+    m = len(q)
+    if m < chunk:
+      q = np.concatenate([q, np.zeros((chunk - m, q.shape[1]), np.float32)])
+      ex = np.concatenate([ex, np.full((chunk - m, width), n)])
+    d, i = _masked_topk_chunk(jnp.asarray(q), db, db_sq, jnp.asarray(ex.astype(np.int32)), k)
+    dists.append(np.asarray(d)[:m])
+    idxs.append(np.asarray(i)[:m])
+  return np.concatenate(dists), np.concatenate(idxs).astype(np.int64)
+
+
+def faiss_knn(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Exact k-NN with faiss.IndexFlatL2 (a GPU index when faiss has GPUs)."""
+  import faiss  # imported lazily: only this backend needs it
+  database = np.ascontiguousarray(database, np.float32)
+  index = faiss.IndexFlatL2(database.shape[1])
+  if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+    index = faiss.index_cpu_to_all_gpus(index)
+  index.add(database)
+  k = min(k, len(database))
+  dist, idx = index.search(np.ascontiguousarray(queries, np.float32), k)
+  return dist, idx.astype(np.int64)
+
+
+def knn(queries: np.ndarray, database: np.ndarray, k: int, backend: str = "device"):
+  if backend == "device":
+    return device_knn(queries, database, k)
+  if backend == "faiss":
+    return faiss_knn(queries, database, k)
+  raise ValueError(f"unknown search backend {backend!r}; expected one of {BACKENDS}")
+
+
+def masked_knn(queries: np.ndarray, database: np.ndarray, excluded: np.ndarray, k: int,
+               backend: str = "device") -> tuple[np.ndarray, np.ndarray]:
+  """k-NN (squared L2) where query q never returns the database rows excluded[q] (-1
+  padded). Distances are inf (and indices arbitrary) where fewer than k rows are allowed.
+
+  On the device the rows are excluded before top_k, so k stays small. faiss cannot
+  exclude: it searches k + (most exclusions of any query) neighbours, which always
+  leaves k allowed ones, and drops the excluded after.
+  """
+  if backend == "device":
+    return device_masked_knn(queries, database, excluded, k)
+  if backend != "faiss":
+    raise ValueError(f"unknown search backend {backend!r}; expected one of {BACKENDS}")
+  excluded = np.asarray(excluded, np.int64).reshape(len(queries), -1)
+  k = min(k, len(database))
+  fetch = min(len(database), k + int((excluded >= 0).sum(axis=1).max(initial=0)))
+  fetch = min(len(database), -(-fetch // 16) * 16)  # a few shapes only: fewer compilations
+  dist, idx = faiss_knn(queries, database, fetch)
+  allowed = ~(idx[:, :, None] == np.where(excluded >= 0, excluded, -2)[:, None, :]).any(-1)
+  rank = np.cumsum(allowed, axis=1)
+  take = allowed & (rank <= k)
+  out_d = np.full((len(queries), k), np.inf, np.float32)
+  out_i = np.zeros((len(queries), k), np.int64)
+  rows, cols = np.nonzero(take)
+  out_d[rows, rank[rows, cols] - 1] = dist[rows, cols]
+  out_i[rows, rank[rows, cols] - 1] = idx[rows, cols]
+  return out_d, out_i
+
+
+@jax.jit
+def _masked_nearest_chunk(queries, candidates, mask):
+  # queries (C, D), candidates (C, P, D), mask (C, P) -> index into P of the nearest valid one
+  diff = candidates - queries[:, None, :]
+  dist = jnp.sum(diff * diff, axis=-1)
+  dist = jnp.where(mask, dist, jnp.inf)
+  return jnp.argmin(dist, axis=1), jnp.min(dist, axis=1)
+
+
+def nearest_among(queries: np.ndarray, features: np.ndarray, candidates: np.ndarray,
+                  chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+  """For each query, its nearest (squared L2) row of `features` among its own candidates.
+
+  Args:
+    queries: (Q, D) query features.
+    features: (N, D) candidate features.
+    candidates: (Q, P) indices into `features`, padded with -1 (each row has >= 1 valid).
+  Returns:
+    (Q,) chosen indices into `features` and (Q,) squared distances. Ties go to the
+    first candidate in row order, as a faiss search over the row would.
+  """
+  queries = np.asarray(queries, np.float32)
+  candidates = np.asarray(candidates, np.int64)
+  feats = jnp.asarray(features, jnp.float32)
+  Q, P = candidates.shape
+  chunk = max(1, min(chunk, Q))
+  chosen, dists = np.empty(Q, np.int64), np.empty(Q, np.float32)
+  for start in range(0, Q, chunk):
+    c = candidates[start:start + chunk]
+    q = queries[start:start + chunk]
+    n = len(c)
+    if n < chunk:  # pad to the chunk shape: one compilation
+      c = np.concatenate([c, np.zeros((chunk - n, P), np.int64)])
+      q = np.concatenate([q, np.zeros((chunk - n, q.shape[1]), np.float32)])
+    mask = c >= 0
+    pick, dist = _masked_nearest_chunk(jnp.asarray(q), feats[jnp.asarray(np.maximum(c, 0))],
+                                       jnp.asarray(mask))
+    pick = np.asarray(pick)[:n]
+    chosen[start:start + n] = c[np.arange(n), pick]
+    dists[start:start + n] = np.asarray(dist)[:n]
+  return chosen, dists

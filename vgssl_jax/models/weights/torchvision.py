@@ -1,0 +1,36 @@
+"""torchvision ImageNet ResNet weights into the backbone (`--config.model.pretrained`).
+
+The file is a torchvision ResNet-18/50/101 state dict (e.g. the IMAGENET1K_V1 file that
+torchvision's `pretrained=True` means), `.pth` or `.safetensors`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from vgssl_jax.models.weights.files import load_state_dict
+from vgssl_jax.models.weights.names import from_torch_state, replace_subtrees, subtrees
+
+
+def load_torchvision_backbone(path: str, variables: dict) -> dict:
+  """GeoLocalizationNet `variables` with the "backbone" replaced by torchvision weights.
+
+  `path`: a torchvision ResNet-18/50/101 state dict (e.g. the IMAGENET1K_V1 file). Its
+  `fc.*` is ignored, and `layer4.*` for a conv4 backbone; everything else must match.
+  """
+  state = load_state_dict(path)
+  backbone = subtrees(variables, ("backbone",))
+  conv4 = "layer4" not in backbone["params"]["backbone"]
+  ignored = [k for k in state if k.startswith("fc.") or (conv4 and k.startswith("layer4."))]
+  if any(k.startswith(("backbone.", "aggregation.")) for k in state):
+    hint = ("This is not a torchvision ResNet state dict: VG-SSL checkpoints and our exports "
+            "load with import_vgssl_checkpoint.")
+  else:
+    hint = ("Check model.backbone (resnet18/50/101, conv4/conv5) and model.width (64 for "
+            "torchvision weights).")
+  state = {"backbone." + k: v for k, v in state.items() if k not in ignored}
+  loaded = from_torch_state(state, backbone, hint)
+  n = sum(1 for k in state if not k.endswith("num_batches_tracked"))
+  logging.info("loaded %d backbone tensors from %s; ignored %d (%s)", n, path, len(ignored),
+               "fc.*, layer4.*" if conv4 else "fc.*")
+  return replace_subtrees(variables, loaded)

@@ -1,0 +1,123 @@
+"""Trained VG-SSL checkpoints imported (backbone + GeM + FC), e.g. to score published models.
+
+Key layouts (the original's `model/network.py` and `util.py`):
+  * VG-SSL: the ResNet is `nn.Sequential(*list(resnet.children())[:-2])` ([:-3] for
+    conv4), so its keys are `backbone.0.weight` (conv1), `backbone.1.*` (bn1),
+    `backbone.4.*` .. `backbone.7.*` (layer1 .. layer4); children 2 and 3 (ReLU, max-pool)
+    have no tensors. The aggregation is
+      n_layers = 0: Sequential(Sequential(L2Norm, GeM, Flatten), Linear, L2Norm):
+                    `aggregation.0.1.p`, `aggregation.1.{weight,bias}`;
+      n_layers > 0: Sequential(<the above>, projector):
+                    `aggregation.0.0.1.p`, `aggregation.0.1.{weight,bias}`, `aggregation.1.*`.
+    Lightning checkpoints keep them under `state_dict` (with `ssl_model.*` copies),
+    `train.py` checkpoints under `model_state_dict` with DataParallel's `module.` prefix.
+  * our export (models.weights.export): `backbone.<torchvision name>`,
+    `aggregation.gem.p`, `aggregation.fc.{weight,bias}`, in PyTorch layouts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from vgssl_jax.errors import ConfigError
+from vgssl_jax.models.weights.files import State, load_state_dict
+from vgssl_jax.models.weights.names import from_torch_state, replace_subtrees, subtrees
+
+# VG-SSL's nn.Sequential of ResNet children -> torchvision names (2: ReLU, 3: max-pool).
+SEQUENTIAL_BACKBONE = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3",
+                       "7": "layer4"}
+# Where each aggregation layout keeps GeM's p and the FC, as our export names them.
+AGGREGATION_LAYOUTS = {
+    "projector": {"aggregation.0.0.1.p": "aggregation.gem.p",        # n_layers > 0
+                  "aggregation.0.1.weight": "aggregation.fc.weight",
+                  "aggregation.0.1.bias": "aggregation.fc.bias"},
+    "plain": {"aggregation.0.1.p": "aggregation.gem.p",              # n_layers = 0
+              "aggregation.1.weight": "aggregation.fc.weight",
+              "aggregation.1.bias": "aggregation.fc.bias"},
+    "export": {k: k for k in ("aggregation.gem.p", "aggregation.fc.weight",
+                              "aggregation.fc.bias")},
+}
+_DEIT_HINTS = ("cls_token", "dist_token", "pos_embed", "patch_embed", "blocks.")
+
+
+def _backbone_name(key: str) -> str:
+  """`backbone.4.0.conv1.weight` -> `backbone.layer1.0.conv1.weight`; torchvision names and
+  keys of other structures stay as they are (the strict load then lists them)."""
+  head, _, rest = key[len("backbone."):].partition(".")
+  if head in ("0", "1") and "." not in rest:        # conv1 / bn1 tensors
+    return f"backbone.{SEQUENTIAL_BACKBONE[head]}.{rest}"
+  if head in ("4", "5", "6", "7") and rest[:1].isdigit():  # layerN.<block>...
+    return f"backbone.{SEQUENTIAL_BACKBONE[head]}.{rest}"
+  return key
+
+
+def canonical_vgssl_state(state: State) -> tuple[State, dict]:
+  """A VG-SSL / exported state dict renamed to our export layout, and a report.
+
+  The report: {"layout": "projector" | "plain" | "export", "loaded": {our name: source
+  key}, "ignored": {reason: [keys]}}. Keys it cannot place are kept (under their own
+  names), so that the strict load lists them.
+  """
+  keys = set(state)
+  if any(k.startswith("backbone.") and any(h in k for h in _DEIT_HINTS) for k in keys):
+    raise ConfigError("this is a DeiT checkpoint (it has cls_token/pos_embed/blocks keys); only "
+                      "ResNet backbones (resnet{18,50,101}conv{4,5}) can be imported.")
+  # each layout's first key is GeM's p
+  found = [name for name, layout in AGGREGATION_LAYOUTS.items() if next(iter(layout)) in keys]
+  if len(found) != 1:
+    p_keys = ", ".join(next(iter(lay)) for lay in AGGREGATION_LAYOUTS.values())
+    what = f"several GeM layouts ({', '.join(found)})" if found else "no GeM parameter"
+    raise ConfigError(f"the checkpoint has {what}: expected exactly one of {p_keys}. "
+                      "Is it a VG-SSL ResNet + GeM checkpoint (aggregation gem, fc_output_dim "
+                      "set)?")
+  layout = found[0]
+  renames = AGGREGATION_LAYOUTS[layout]
+  ignored = {"ssl_model.* (SSL wrapper copies)": [], "projector": [],
+             "num_batches_tracked": []}
+  out, loaded = {}, {}
+  for key in sorted(keys):
+    if key.startswith("ssl_model."):
+      ignored["ssl_model.* (SSL wrapper copies)"].append(key)
+      continue
+    if key.endswith("num_batches_tracked"):
+      ignored["num_batches_tracked"].append(key)
+      continue
+    if (layout == "projector" and key.startswith("aggregation.1.")) or key.startswith(
+        "projector."):
+      ignored["projector"].append(key)
+      continue
+    name = _backbone_name(key) if key.startswith("backbone.") else renames.get(key, key)
+    out[name] = state[key]
+    loaded[name] = key
+  return out, {"layout": layout, "loaded": loaded,
+               "ignored": {k: v for k, v in ignored.items() if v}}
+
+
+def import_vgssl_state(state: State, variables: dict) -> tuple[dict, dict]:
+  """(variables, report): backbone + GeM + FC of a VG-SSL state dict loaded into
+  GeoLocalizationNet `variables` (the projector keeps its values). See `import_vgssl_checkpoint`."""
+  canonical, report = canonical_vgssl_state(state)
+  target = subtrees(variables, ("backbone", "aggregation"))
+  loaded = from_torch_state(canonical, target, "Check model.backbone, model.width and "
+                            "model.fc_output_dim against the checkpoint's training settings.")
+  return replace_subtrees(variables, loaded), report
+
+
+def import_vgssl_checkpoint(path: str, variables: dict) -> dict:
+  """GeoLocalizationNet `variables` with backbone, GeM p and FC from a VG-SSL checkpoint.
+
+  Accepts the original's Lightning (`train_ssl.py`) and `train.py` checkpoints, with
+  Sequential-index (`backbone.0.weight`) or torchvision-named (`backbone.conv1.weight`)
+  backbones, and files written by `export_descriptor_model`. `ssl_model.*` and projector
+  tensors are ignored; every other tensor must find its place. Logs what was loaded.
+  The loaded subtrees hold NumPy arrays (place them with jax.device_put).
+  """
+  variables, report = import_vgssl_state(load_state_dict(path), variables)
+  loaded = report["loaded"]
+  n_backbone = sum(k.startswith("backbone.") for k in loaded)
+  logging.info("imported %s (%s layout): %d backbone tensors, %s",
+               path, report["layout"], n_backbone,
+               ", ".join(f"{k} <- {v}" for k, v in loaded.items() if k.startswith("aggregation.")))
+  for reason, keys in report["ignored"].items():
+    logging.info("  ignored %d %s tensors", len(keys), reason)
+  return variables

@@ -1,0 +1,91 @@
+"""The losses of VG-SSL (docs/original.md §Losses) as pure functions of (N, D) arrays.
+
+All reductions run in float32. Batch-level statistics (VICReg/Barlow moments,
+SimCLR negatives) are over the whole batch: under a data-sharded jit that is the
+global batch, as the original's all-gather.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from vgssl_jax.models.layers import l2_normalize
+
+
+def _f32(*xs):
+  return [x.astype(jnp.float32) for x in xs]
+
+
+def _sum_sq_gram(a: jax.Array, b: jax.Array) -> jax.Array:
+  """||a^T b||_F^2 for (N, D) inputs, through N x N Gram matrices when N < D (cheaper)."""
+  hi = jax.lax.Precision.HIGHEST
+  if a.shape[0] < a.shape[1]:
+    return jnp.sum(jnp.dot(a, a.T, precision=hi) * jnp.dot(b, b.T, precision=hi))
+  return jnp.sum(jnp.square(jnp.dot(a.T, b, precision=hi)))
+
+
+def vicreg_loss(z1: jax.Array, z2: jax.Array, sim_coeff: float = 25.0, std_coeff: float = 25.0,
+                cov_coeff: float = 1.0) -> jax.Array:
+  """VICReg: 25 * MSE + 25 * variance hinge + 1 * off-diagonal covariance (unbiased, eps 1e-4)."""
+  x, y = _f32(z1, z2)
+  n, d = x.shape
+  repr_loss = jnp.mean(jnp.square(x - y))
+  x = x - x.mean(axis=0)
+  y = y - y.mean(axis=0)
+  var_x = jnp.sum(jnp.square(x), axis=0) / (n - 1)
+  var_y = jnp.sum(jnp.square(y), axis=0) / (n - 1)
+  std_loss = (jnp.mean(jax.nn.relu(1 - jnp.sqrt(var_x + 1e-4))) / 2 +
+              jnp.mean(jax.nn.relu(1 - jnp.sqrt(var_y + 1e-4))) / 2)
+  # sum of squared off-diagonal covariance entries = ||C||_F^2 - sum(diag(C)^2)
+  cov_x = (_sum_sq_gram(x, x) / (n - 1) ** 2 - jnp.sum(jnp.square(var_x))) / d
+  cov_y = (_sum_sq_gram(y, y) / (n - 1) ** 2 - jnp.sum(jnp.square(var_y))) / d
+  return sim_coeff * repr_loss + std_coeff * std_loss + cov_coeff * (cov_x + cov_y)
+
+
+def barlow_twins_loss(z1: jax.Array, z2: jax.Array, lambd: float = 0.0051) -> jax.Array:
+  """Barlow Twins with the original's standardisation (unbiased variance, eps 1e-4), c = x^T y / N."""
+  x, y = _f32(z1, z2)
+  n, _ = x.shape
+  def standardize(v):
+    v = v - v.mean(axis=0)
+    return v / jnp.sqrt(jnp.sum(jnp.square(v), axis=0) / (n - 1) + 1e-4)
+  x, y = standardize(x), standardize(y)
+  diag = jnp.sum(x * y, axis=0) / n
+  on_diag = jnp.sum(jnp.square(diag - 1))
+  off_diag = _sum_sq_gram(x, y) / n ** 2 - jnp.sum(jnp.square(diag))
+  return on_diag + lambd * off_diag
+
+
+def info_nce_loss(z1: jax.Array, z2: jax.Array, temperature: float = 0.07) -> jax.Array:
+  """SimCLR (NT-Xent) over the 2N views; the positive of view a is its pair, the rest negatives."""
+  z = l2_normalize(jnp.concatenate(_f32(z1, z2), axis=0))
+  n2 = z.shape[0]
+  n = n2 // 2
+  logits = jnp.dot(z, z.T, precision=jax.lax.Precision.HIGHEST) / temperature
+  logits = jnp.where(jnp.eye(n2, dtype=bool), -jnp.inf, logits)
+  partner = (jnp.arange(n2) + n) % n2
+  pos = logits[jnp.arange(n2), partner]
+  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - pos)
+
+
+def moco_loss(q: jax.Array, k: jax.Array, queue: jax.Array, temperature: float = 0.07) -> jax.Array:
+  """MoCo v2: cross-entropy with the positive logit q.k first, then q against the queue.
+
+  q, k: (N, D) L2-normalised; queue: (K, D) L2-normalised rows. k gets no gradient.
+  """
+  q, k, queue = _f32(q, jax.lax.stop_gradient(k), jax.lax.stop_gradient(queue))
+  hi = jax.lax.Precision.HIGHEST
+  pos = jnp.sum(q * k, axis=1, keepdims=True)
+  neg = jnp.dot(q, queue.T, precision=hi)
+  logits = jnp.concatenate([pos, neg], axis=1) / temperature
+  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[:, 0])
+
+
+def byol_loss(p1: jax.Array, p2: jax.Array, z1: jax.Array, z2: jax.Array) -> jax.Array:
+  """Symmetric BYOL/SimSiam loss: mean_i [l(p1_i, sg z2_i) + l(p2_i, sg z1_i)], l = 2 - 2 cos."""
+  p1, p2 = _f32(p1, p2)
+  z1, z2 = _f32(jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2))
+  def l(p, z):
+    return 2 - 2 * jnp.sum(l2_normalize(p) * l2_normalize(z), axis=-1)
+  return jnp.mean(l(p1, z2) + l(p2, z1))

@@ -1,0 +1,48 @@
+"""Training objectives by name (`config.method`): the class that builds each and the
+projector family its network gets.
+
+Adding an objective = one module in objectives/ and one entry here; the trainer, the step
+and the evaluation runner do not change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vgssl_jax.models.network import build_model
+from vgssl_jax.objectives import ssl
+from vgssl_jax.objectives.base import Objective
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveEntry:
+  cls: type                 # has from_config(name, model, config) -> Objective
+  projector_family: str     # models.heads.projector_layout family
+  epoch_source: str = "geopairs"   # training.run.EPOCH_SOURCES: where its batches come from
+
+
+OBJECTIVES: dict[str, ObjectiveEntry] = {
+    "vicreg": ObjectiveEntry(ssl.SSLObjective, "vicreg"),
+    "bt": ObjectiveEntry(ssl.SSLObjective, "vicreg"),
+    "simclr": ObjectiveEntry(ssl.SSLObjective, "contrastive"),
+    "mocov2": ObjectiveEntry(ssl.MoCo, "contrastive"),
+    "byol": ObjectiveEntry(ssl.BYOL, "byol"),
+    "simsiam": ObjectiveEntry(ssl.BYOL, "byol"),
+}
+
+
+def entry(name: str) -> ObjectiveEntry:
+  if name not in OBJECTIVES:
+    raise ValueError(f"unknown method {name!r}; expected one of {', '.join(OBJECTIVES)}")
+  return OBJECTIVES[name]
+
+
+def build_objective(config) -> Objective:
+  """The objective `config.method` with its network built from `config.model`."""
+  e = entry(config.method)
+  return e.cls.from_config(config.method, build_model(config.model, e.projector_family), config)
+
+
+def build_network(model_config, method: str):
+  """The network alone (evaluation, export): its projector family from the method."""
+  return build_model(model_config, entry(method).projector_family)

@@ -1,0 +1,191 @@
+"""Checkpoints with orbax: the whole train state, the run's progress and metadata.
+
+Layout: `<workdir>/checkpoints/<step>/{state,progress,meta}`:
+  state     the TrainState pytree (params, BN statistics, optimizer, EMA target, MoCo queue)
+  progress  JSON: epoch, step within the epoch, the input pipeline's iterator state, the
+            epoch's GeoPairs (the mining state), best validation recall and patience count
+  meta      JSON: the config and the model settings needed to rebuild the network
+Saves are asynchronous (the state is copied off the device before save() returns) and
+atomic: orbax writes into a temporary folder and commits it last, so a checkpoint cut
+short by a kill is never picked up. The last N checkpoints are kept, and the best by the
+validation score that selects models (recall@5 in stage 1; a tie keeps the earlier one,
+as the original).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from vgssl_jax.config import config_changes
+from vgssl_jax.errors import ConfigError
+from vgssl_jax.objectives.base import retrieval_variables
+from vgssl_jax.models.weights.files import WEIGHT_FILES_TEXT
+
+# the validation score that selects the best checkpoint (the loop's `selection`, e.g. R@5)
+SELECTION = "selection"
+ITEMS = ("state", "progress", "meta")
+
+
+class _QuietReadOnly(logging.Filter):
+  """orbax warns "Given directory is read only" whenever a checkpoint is only read (the
+  evaluation runner, the export): expected here, so not shown."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "is read only" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnly())
+
+
+def _rank(metrics: dict) -> float:
+  # strictly higher recall wins; among equal recalls the earlier step
+  return metrics[SELECTION] - 1e-9 * metrics.get("step", 0)
+
+
+def manager(directory: str, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+  policy = pp.AnyPreservationPolicy([
+      pp.LatestN(keep),
+      # BestN keeps the last n in ascending order: the highest rank
+      pp.BestN(get_metric_fn=_rank, reverse=False, n=1, keep_checkpoints_without_metrics=False)])
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, read_only=read_only,
+                                         create=not read_only, cleanup_tmp_directories=not read_only,
+                                         save_interval_steps=0 if read_only else 1)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, progress: dict, meta: dict,
+         metrics: dict | None = None) -> None:
+  """Starts an asynchronous save of everything needed to resume at `step`."""
+  metrics = None if not metrics or SELECTION not in metrics else {**metrics, "step": step}
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          progress=ocp.args.JsonSave(progress),
+                                          meta=ocp.args.JsonSave(meta)), metrics=metrics)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state) -> tuple:
+  """(state, progress, meta) saved at `step`; the state restored into `abstract_state`
+  (shapes, dtypes, shardings). A foreign or mismatching checkpoint is a ConfigError."""
+  try:
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), progress=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+  except Exception as e:  # orbax raises many types for damaged or foreign folders
+    raise ConfigError(f"cannot resume from the checkpoint {mngr.directory}/{step}: {str(e)[:600]}. "
+                      "It is damaged or was written by another model; use another --workdir.") from e
+  return out["state"], out["progress"], out["meta"]
+
+
+def _meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def best_step(mngr: ocp.CheckpointManager) -> int | None:
+  """The kept step with the highest validation score (the earliest among equals), or None
+  when no kept checkpoint was validated. Read from each checkpoint's metadata."""
+  ranked = []
+  for step in mngr.all_steps():
+    metrics = _meta(mngr, step).get("metrics") or {}
+    if SELECTION in metrics:
+      ranked.append((_rank({**metrics, "step": step}), step))
+  return max(ranked)[1] if ranked else None
+
+
+def best_or_latest_step(mngr: ocp.CheckpointManager) -> int | None:
+  """The best step by validation score if any was validated, else the latest."""
+  best = best_step(mngr)
+  return best if best is not None else mngr.latest_step()
+
+
+def resolve(path: str) -> tuple[str, int | None]:
+  """A run's workdir, its checkpoints/ folder, or one step folder -> (checkpoints dir, step)."""
+  path = os.path.abspath(path)
+  if not os.path.exists(path):
+    raise ConfigError(f"checkpoint {path} does not exist: pass a run's workdir, its checkpoints/ "
+                      "folder or one of its step folders.")
+  if os.path.isfile(path):
+    raise ConfigError(f"checkpoint {path} is a file of a kind not read here: pass a run's "
+                      f"workdir or checkpoint folder, or a {WEIGHT_FILES_TEXT} weights file.")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), None
+  if all(os.path.isdir(os.path.join(path, item)) for item in ("state", "meta")):
+    name = os.path.basename(path)
+    if name.isdigit():
+      return os.path.dirname(path), int(name)
+  return path, None
+
+
+def read_meta(path: str) -> tuple[str, int, dict]:
+  """(checkpoints dir, step, meta) of the checkpoint `path` points at (best or latest)."""
+  directory, step = resolve(path)
+  mngr = manager(directory, read_only=True)
+  try:
+    step = best_or_latest_step(mngr) if step is None else step
+  except Exception as e:  # orbax raises several types for foreign or damaged folders
+    raise ConfigError(f"cannot read the checkpoints in {directory}: {e}") from e
+  if step is None:
+    raise ConfigError(f"no checkpoint found in {directory}: is it a vgssl_jax run folder?")
+  try:
+    meta = _meta(mngr, step)
+  except Exception as e:  # orbax raises several types for foreign or damaged folders
+    raise ConfigError(f"cannot read the checkpoint metadata at {directory}/{step}: {e}") from e
+  return directory, step, meta
+
+
+def restore_variables(directory: str, step: int, template: dict, sharding) -> dict:
+  """The retrieval network's {"params", "batch_stats"} saved at `step` (a partial restore of
+  the train state: optimizer and method state are not read). `template` gives the shapes
+  (e.g. jax.eval_shape of the model's init); arrays are placed with `sharding`."""
+  abstract = {"params": {"net": template["params"]}, "batch_stats": {"net": template["batch_stats"]}}
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
+  mngr = manager(directory, read_only=True)
+  try:
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        abstract, restore_args=restore_args, partial_restore=True)))["state"]
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise ConfigError(f"the checkpoint at {directory}/{step} does not fit this model (shapes or "
+                      f"structure differ, or it is not a vgssl_jax checkpoint): {str(e)[:500]}") from e
+  want = jax.tree.map(lambda s: tuple(s.shape), abstract)
+  if jax.tree.map(lambda a: tuple(a.shape), state) != want:
+    raise ConfigError(f"the checkpoint at {directory}/{step} has other shapes than this model")
+  return retrieval_variables(state["params"], state["batch_stats"])
+
+
+def meta_for(config, epoch: int, metrics: dict | None = None) -> dict:
+  """What a checkpoint records besides the state: enough to rebuild the model."""
+  return {"epoch": epoch, "method": config.method, "model": config.model.to_dict(),
+          "image_size": list(config.data.image_size), "metrics": metrics or {},
+          "config": json.loads(config.to_json_best_effort())}
+
+
+# ----------------------------------------------------------------------------- resume policy
+
+def holds_run(workdir: str) -> bool:
+  """Whether `workdir` has results of a run (a checkpoint or the untrained model's scores),
+  not only the config.json of a start that failed before training."""
+  ckpt = os.path.join(workdir, "checkpoints")
+  steps = [d for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+  return bool(steps) or os.path.exists(os.path.join(workdir, "before.json"))
+
+
+def check_workdir(config, workdir: str) -> None:
+  """A workdir that holds a run of another config is refused before anything is written;
+  settings that may change between restarts (config.SAFE_TO_CHANGE) are logged."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path) and holds_run(workdir):
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ConfigError(f"{path} is unreadable ({e}); use another --workdir.") from e
+    try:
+      changed = config_changes(saved, config)
+    except ConfigError as e:
+      raise ConfigError(f"--workdir {workdir} holds a run of another config: {e}") from None
+    if changed:
+      logging.info("workdir %s: continuing with changed settings %s", workdir, ", ".join(changed))

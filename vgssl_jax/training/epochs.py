@@ -1,0 +1,35 @@
+"""What the generic loop needs from a stage's data: an epoch source.
+
+An epoch is one or more segments; each segment is mined with the current model (GeoPair
+mining for the SSL objectives: one segment per epoch; the cache refreshes of triplet
+mining: several), which gives a plan, and the plan gives the segment's batches. A plan is
+JSON-able: checkpoints save it with the batch iterator's state, so a resumed run
+continues the very segment it was in (training.loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+
+class BatchIterator(Protocol, Iterator[dict]):
+  """A grain iterator: next() -> host batch (NumPy pytree, this process's rows)."""
+
+  def get_state(self) -> Any: ...
+  def set_state(self, state: Any) -> None: ...
+
+
+class EpochSource(Protocol):
+  items_per_step: int           # global items (dataset rows) per optimizer step
+  throughput: dict[str, int]    # per step, for the metric lines: e.g. {"pairs": 64, "images": 128}
+
+  def segments(self, epoch: int) -> int:
+    """How many mined segments epoch `epoch` (0-based) has."""
+
+  def mine(self, state, epoch: int, segment: int) -> dict:
+    """The plan of one segment, mined with the train state's current model."""
+
+  def batches(self, plan: dict, epoch: int, segment: int) -> tuple[BatchIterator, int]:
+    """The segment's batches in order (each with "skipped": unreadable images replaced)
+    and how many steps they make."""

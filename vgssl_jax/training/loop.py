@@ -1,0 +1,252 @@
+"""The one training loop, for every objective and stage: epochs of mined segments, the
+jitted step, metric lines, NaN stop, validation and model selection, patience,
+checkpoints that resume exactly, SIGTERM.
+
+What is trained comes from the objective (objectives/), where the batches come from from
+the epoch source (training.epochs), how a model is validated from `validate`. A run is
+resumed from its latest checkpoint by running the same command again: the train state,
+the segment's plan, the input pipeline's iterator state and the progress counters are
+restored, so the run continues with the very batches and random keys it would have seen
+(on CPU the final parameters are bit-identical to an uninterrupted run). SIGTERM (how
+clusters preempt) saves a checkpoint before exiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from vgssl_jax import sharding
+from vgssl_jax.config import config_changes
+from vgssl_jax.errors import Preempted, TrainingDiverged
+from vgssl_jax.objectives.base import Objective
+from vgssl_jax.progress import Progress
+from vgssl_jax.training import checkpoints
+from vgssl_jax.training.epochs import EpochSource
+from vgssl_jax.training.metrics_log import MetricsWriter
+from vgssl_jax.training.optimizer import epoch_lr, make_optimizer, with_lr
+from vgssl_jax.training.state import (TrainState, abstract_train_state, create_train_state)
+from vgssl_jax.training.step import jit_train_step
+
+Validate = Callable[[TrainState], dict]
+
+
+def fresh_progress() -> dict:
+  """Where a run stands: epoch (0-based), segment and step within it; with a started
+  segment, its plan and the data iterator's state; the best validation score and the
+  validations without a better one."""
+  return {"epoch": 0, "segment": 0, "step_in_segment": 0, "plan": None, "iterator": None,
+          "best": None, "stale": 0, "stopped_early": False}
+
+
+class _Signals:
+  """Turns SIGTERM into a flag checked between steps (the handler itself does no work)."""
+
+  def __init__(self):
+    self.requested = False
+
+  @contextlib.contextmanager
+  def installed(self):
+    def handler(signum, frame):
+      del frame
+      logging.warning("received signal %d: saving a checkpoint at the next step boundary", signum)
+      self.requested = True
+    try:
+      previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. embedded use): no preemption handling
+      yield
+      return
+    try:
+      yield
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+
+
+class Trainer:
+  """Trains `objective` on the batches of `source`; see the module docstring.
+
+  `validate(state)` -> {"recall@N": ...} scores a model (None: no validation); the
+  checkpoint with the best `selection` value (e.g. "recall@5") is kept, earlier wins ties.
+  """
+
+  def __init__(self, config, objective: Objective, mesh: Mesh, source: EpochSource,
+               workdir: str, validate: Validate | None = None, selection: str = "recall@5"):
+    self.config, self.objective, self.mesh, self.source = config, objective, mesh, source
+    self.workdir, self.validate, self.selection = workdir, validate, selection
+    tc = config.train
+    self.tx = make_optimizer(tc.lr)
+    self.step_fn = jit_train_step(objective, self.tx, mesh, tc.grad_accum_steps)
+    self.metrics = MetricsWriter(workdir)
+    self.signals = _Signals()
+    self.mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), tc.keep_checkpoints)
+
+  # ------------------------------------------------------------------ state and checkpoints
+
+  def init_state(self) -> TrainState:
+    return create_train_state(self.objective, self.tx, self.config.seed,
+                              tuple(self.config.data.image_size), self.mesh)
+
+  def resume_or_init(self, init_fn=None) -> tuple[TrainState, dict]:
+    """The latest checkpoint of the workdir, or a new state (`init_fn`, default init_state)."""
+    step = self.mngr.latest_step()
+    if step is None:
+      return (init_fn or self.init_state)(), fresh_progress()
+    abstract = abstract_train_state(self.objective, self.tx, tuple(self.config.data.image_size),
+                                    self.mesh)
+    state, progress, meta = checkpoints.restore(self.mngr, step, abstract)
+    changed = config_changes(meta["config"], self.config)
+    if changed:
+      logging.info("resuming with changed settings: %s", ", ".join(changed))
+    logging.info("resumed from %s/%d (epoch %d, segment %d, step %d of it)", self.mngr.directory,
+                 step, progress["epoch"] + 1, progress["segment"] + 1, progress["step_in_segment"])
+    return state, progress
+
+  def _stop_preempted(self, where: str) -> None:
+    """After the SIGTERM checkpoint was started: wait for it, then stop the run."""
+    self.mngr.wait_until_finished()
+    raise Preempted(f"stopped by SIGTERM {where}: the checkpoint is saved in "
+                    f"{self.mngr.directory}; run the same command to resume.")
+
+  def save(self, state: TrainState, progress: dict, metrics: dict | None = None) -> None:
+    step = int(state.step)
+    if self.mngr.latest_step() == step:  # already saved at this step (e.g. then SIGTERM)
+      return
+    checkpoints.save(self.mngr, step, state, progress,
+                     checkpoints.meta_for(self.config, progress["epoch"], metrics), metrics)
+
+  # ------------------------------------------------------------------ one epoch
+
+  def _check_finite(self, losses: list, first_step: int, epoch: int) -> np.ndarray:
+    values = np.asarray(jax.device_get(losses), np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+      step = first_step + int(bad[0]) + 1
+      last = self.mngr.latest_step()
+      where = f"step {last} in {self.mngr.directory}" if last is not None else "none"
+      raise TrainingDiverged(
+          f"the loss became {values[bad[0]]} at step {step} (epoch {epoch + 1}); training "
+          f"stopped. The last good checkpoint is {where}; lower train.lr or check the data, "
+          "then run the same command to resume from it.")
+    return values
+
+  def train_segment(self, state: TrainState, progress: dict, losses: list,
+                    lr: float) -> tuple[TrainState, dict, int]:
+    """Runs (the rest of) segment progress["segment"] of epoch progress["epoch"] at
+    learning rate `lr`; appends its losses to `losses`. Returns the state, the progress and
+    the number of skipped images."""
+    tc, epoch, segment = self.config.train, progress["epoch"], progress["segment"]
+    if progress["plan"] is None:
+      progress = {**progress, "plan": self.source.mine(state, epoch, segment),
+                  "step_in_segment": 0, "iterator": None}
+    iterator, steps = self.source.batches(progress["plan"], epoch, segment)
+    if progress["iterator"] is not None:
+      iterator.set_state(progress["iterator"])
+    start = progress["step_in_segment"]
+    segments = self.source.segments(epoch)
+    desc = f"epoch {epoch + 1}/{tc.epochs}" + (f" part {segment + 1}/{segments}"
+                                               if segments > 1 else "")
+
+    window, window_first, wait, skipped = [], int(state.step), 0.0, 0
+    window_start = time.perf_counter()
+    bar = Progress(range(start, steps), total=steps - start, desc=desc, unit="step")
+    for s in bar:
+      t0 = time.perf_counter()
+      batch = next(iterator)
+      wait += time.perf_counter() - t0
+      skipped += int(batch.pop("skipped").sum())
+      state, metrics = self.step_fn(state, sharding.shard_batch(batch, self.mesh))
+      window.append(metrics["loss"])  # fetched per window: no host sync inside the loop
+      done = s + 1
+      progress = {**progress, "step_in_segment": done}
+      at_checkpoint = tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < steps
+      if done % tc.log_every == 0 or done == steps or at_checkpoint or self.signals.requested:
+        values = self._check_finite(window, window_first, epoch)
+        seconds = time.perf_counter() - window_start
+        losses.extend(values.tolist())
+        record = {"step": int(state.step), "epoch": epoch + 1, "loss": float(values.mean()),
+                  "lr": lr, "step_time_s": seconds / len(values)}
+        record.update({f"{unit}_per_s": len(values) * n / seconds
+                       for unit, n in self.source.throughput.items()})
+        record["input_wait"] = wait / seconds
+        self.metrics.write(record)
+        bar.set_postfix(f"loss {record['loss']:.4f}")
+        window, window_first, wait = [], int(state.step), 0.0
+        window_start = time.perf_counter()
+      if at_checkpoint or self.signals.requested:
+        self.save(state, {**progress, "iterator": iterator.get_state()})
+      if self.signals.requested:
+        self._stop_preempted(f"at step {int(state.step)}")
+    return state, progress, skipped
+
+  def train_epoch(self, state: TrainState, progress: dict) -> tuple[TrainState, dict, dict]:
+    """Runs (the rest of) epoch progress["epoch"]; returns the state, the progress at the
+    epoch's end and the epoch record."""
+    tc, epoch = self.config.train, progress["epoch"]
+    lr = epoch_lr(tc.lr, epoch, tc.epochs, tc.lr_schedule, tc.warmup_epochs)
+    state = with_lr(state, lr)
+    losses, skipped = [], 0
+    while progress["segment"] < self.source.segments(epoch):
+      state, progress, segment_skipped = self.train_segment(state, progress, losses, lr)
+      skipped += segment_skipped
+      progress = {**progress, "segment": progress["segment"] + 1, "step_in_segment": 0,
+                  "plan": None, "iterator": None}
+    if skipped:
+      logging.warning("epoch %d: %d unreadable training images were skipped (listed above)",
+                      epoch + 1, skipped)
+    record = {"epoch": epoch + 1, "step": int(state.step), "epoch_loss": float(np.mean(losses)),
+              "skipped_images": skipped}
+    return state, {**progress, "epoch": epoch + 1, "segment": 0}, record
+
+  # ------------------------------------------------------------------ the run
+
+  def _validate(self, state: TrainState, progress: dict, epoch: int) -> dict:
+    """Validation metrics for the checkpoint; updates the best score and patience."""
+    tc = self.config.train
+    val = self.validate(state)
+    metrics = {f"val/{k}": v for k, v in val.items() if isinstance(v, (int, float))
+               and "@" in k}
+    self.metrics.write({"epoch": epoch + 1, "step": int(state.step), **metrics})
+    score = val[self.selection]
+    logging.info("epoch %d validation: %s (selection: %s %.2f)", epoch + 1,
+                 " ".join(f"{k} {v:.1f}" for k, v in val.items() if k.startswith("recall@")),
+                 self.selection, score)
+    improved = progress["best"] is None or score > progress["best"]
+    progress["best"] = score if improved else progress["best"]
+    progress["stale"] = 0 if improved else progress["stale"] + 1
+    if tc.patience and progress["stale"] >= tc.patience:
+      logging.info("early stop: %d validations without a better %s (best %.2f)",
+                   progress["stale"], self.selection, progress["best"])
+      progress["stopped_early"] = True
+    return {**metrics, checkpoints.SELECTION: score}
+
+  def fit(self, state: TrainState, progress: dict | None = None) -> TrainState:
+    """All (remaining) epochs. A checkpoint after every epoch (with validation metrics when
+    validated), every train.checkpoint_every steps, and on SIGTERM."""
+    tc = self.config.train
+    progress = progress or fresh_progress()
+    with self.signals.installed():
+      while progress["epoch"] < tc.epochs and not progress["stopped_early"]:
+        epoch = progress["epoch"]
+        state, progress, record = self.train_epoch(state, progress)
+        logging.info("epoch %d/%d: loss %.4f", epoch + 1, tc.epochs, record["epoch_loss"])
+        self.metrics.write(record)
+        metrics = None
+        if self.validate is not None and tc.val_every and (epoch + 1) % tc.val_every == 0:
+          metrics = self._validate(state, progress, epoch)
+        self.save(state, progress, metrics)
+        if self.signals.requested:
+          self._stop_preempted(f"after epoch {epoch + 1}")
+    self.mngr.wait_until_finished()
+    return state
+
+  def close(self) -> None:
+    self.mngr.wait_until_finished()
+    self.mngr.close()

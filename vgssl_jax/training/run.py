@@ -1,0 +1,110 @@
+"""One training run (what `python -m vgssl_jax.main` does): datasets and model from the
+config, the untrained model's scores, the loop, the trained model's scores.
+
+The epoch source is chosen by the objective's registry entry (objectives.registry), so a
+new stage plugs in here with its source class, not with another loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+
+from data_pipelines.places import TrainPlaces
+from vgssl_jax import data_config, sharding
+from vgssl_jax.config import items_per_step
+from vgssl_jax.evaluation import runner
+from vgssl_jax.evaluation.embedder import Embedder
+from vgssl_jax.objectives import registry
+from vgssl_jax.objectives.base import retrieval_variables
+from vgssl_jax.training import checkpoints
+from vgssl_jax.training.geopairs import GeoPairSource
+from vgssl_jax.training.loop import Trainer
+from vgssl_jax.training.state import with_pretrained_backbone
+
+# epoch source of each objective family (objectives.registry.ObjectiveEntry.epoch_source)
+EPOCH_SOURCES = {"geopairs": GeoPairSource}
+
+
+def _write_json(path: str, data) -> None:
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(data, f, indent=1)
+
+
+def check_mesh(config, mesh) -> None:
+  items = items_per_step(config)
+  sharding.check_divisible(items, mesh, "train.batch_size" if items == config.train.batch_size
+                           else "train.batch_size / 2 (items per step with pair_negative)")
+  if config.train.grad_accum_steps > 1:
+    sharding.check_divisible(items // config.train.grad_accum_steps, mesh,
+                             "items per micro-batch (train.batch_size / train.grad_accum_steps)")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (or resumes) and evaluates; writes {"before": ..., "after": ...} to results.json."""
+  start = time.perf_counter()
+  checkpoints.check_workdir(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1))
+  mesh = sharding.make_mesh(config.num_devices)
+  check_mesh(config, mesh)
+  logging.info("mesh: %d %s device(s) in %d process(es)", mesh.devices.size,
+               jax.devices()[0].platform, jax.process_count())
+
+  dc, tc = config.data, config.train
+  train_places = TrainPlaces.build(data_config.open_split(config, dc.name, "train"),
+                                   tc.positive_radius, tc.negative_radius)
+  val_places = data_config.open_split(config, dc.name, "val") if tc.val_every else None
+  eval_sets = runner.open_eval_sets(config)
+  logging.info("train: %s (%d queries with a %g m positive, %d dropped)", train_places.places,
+               len(train_places.query_ids), tc.positive_radius, train_places.dropped)
+
+  objective = registry.build_objective(config)
+  embedder = Embedder.from_config(config, objective.model, mesh)
+  source = EPOCH_SOURCES[registry.entry(config.method).epoch_source](
+      config, objective, train_places, embedder)
+  validate = None
+  if val_places is not None:
+    options = runner.EvalOptions.from_config(config.eval).for_validation()
+    validate = lambda state: runner.evaluate_places(  # noqa: E731
+        embedder, retrieval_variables(state.params, state.batch_stats), val_places, options)
+  trainer = Trainer(config, objective, mesh, source, workdir, validate)
+
+  def init_state():
+    state = trainer.init_state()
+    return with_pretrained_backbone(state, config.model, mesh) if config.model.pretrained \
+        else state
+  state, progress = trainer.resume_or_init(init_state)
+
+  def evaluate(state):
+    return runner.evaluate_all(config, embedder,
+                               retrieval_variables(state.params, state.batch_stats), eval_sets)
+
+  results = {}
+  before_path = os.path.join(workdir, "before.json")
+  if config.eval.before:
+    if os.path.exists(before_path):  # a resumed run: the untrained model was scored already
+      with open(before_path) as f:
+        results["before"] = json.load(f)
+    else:
+      results["before"] = evaluate(state)
+      _write_json(before_path, results["before"])
+  try:
+    state = trainer.fit(state, progress)
+  finally:
+    trainer.close()
+  results["after"] = evaluate(state)
+  results["seconds"] = time.perf_counter() - start
+  _write_json(os.path.join(workdir, "results.json"), results)
+  table = runner.format_table({k: v for k, v in results.items() if k != "seconds"},
+                              tuple(config.eval.recall_values))
+  print(f"\nRecall@N (%) on the {config.eval.split} split, {results['seconds']:.0f} s in all:\n"
+        f"{table}\nresults: {os.path.join(workdir, 'results.json')}", flush=True)
+  return results

@@ -1,0 +1,70 @@
+"""The generic training step: one optimizer step of any objective, jitted and sharded.
+
+The state lives in training.state, the optimizer in training.optimizer, the epoch loop in
+training.loop; the objective (objectives/) makes its views and its loss from the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from vgssl_jax import sharding
+from vgssl_jax.objectives.base import Objective
+from vgssl_jax.training.state import TrainState
+
+
+def train_step(state: TrainState, batch: dict, *, objective: Objective,
+               tx: optax.GradientTransformation, accumulate: int = 1) -> tuple[TrainState, dict]:
+  """One optimizer step: the objective's loss and gradients -> optimizer; then the
+  objective's state update (EMA targets) with the pre-step parameters.
+
+  With accumulate = k > 1 the global batch is processed as k micro-batches (rows j, j + k,
+  ... form micro-batch j, so each stays spread over all devices) whose gradients are
+  averaged into one update. Batch statistics (BatchNorm, the VICReg/Barlow moments, SimCLR
+  negatives) are then those of a micro-batch: a memory saver, not the same objective.
+  """
+  key = jax.random.fold_in(state.rng, state.step)
+
+  def micro_step(carry, micro):
+    grads_sum, batch_stats, objective_state, j = carry
+    micro_key = jax.random.fold_in(key, j) if accumulate > 1 else key
+
+    def loss_fn(params):
+      return objective.loss(params, batch_stats, objective_state, micro, micro_key)
+
+    (loss, (batch_stats, objective_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+    return (grads_sum, batch_stats, objective_state, j + 1), loss
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  carry = (zeros, state.batch_stats, state.objective_state, jnp.zeros((), jnp.int32))
+  if accumulate == 1:
+    (grads, batch_stats, objective_state, _), loss = micro_step(carry, batch)
+  else:
+    micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // accumulate, accumulate,
+                                             *x.shape[1:]).swapaxes(0, 1), batch)
+    (grads, batch_stats, objective_state, _), micro_losses = jax.lax.scan(micro_step, carry,
+                                                                          micro)
+    grads = jax.tree.map(lambda g: g / accumulate, grads)
+    loss = jnp.mean(micro_losses)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  objective_state = objective.after_update(objective_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, objective_state=objective_state)
+  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def jit_train_step(objective: Objective, tx: optax.GradientTransformation, mesh: Mesh,
+                   accumulate: int = 1):
+  """The sharded, jitted step: state replicated, batch sharded over "data", state donated."""
+  step = functools.partial(train_step, objective=objective, tx=tx, accumulate=accumulate)
+  return jax.jit(step, in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
+                 out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
+                 donate_argnums=0)
