@@ -22,7 +22,8 @@ HOW_TO_GET = {
     "nordland": "Nordland: download it with VPR-datasets-downloader",
 }
 
-# Official (database, queries) counts of the benchmark splits (datasets.md §5).
+# Official (database, queries) counts of the benchmark splits (docs/datasets.md, "Official
+# protocol sizes").
 PROTOCOL_COUNTS = {
     ("pitts30k", "train"): (10_000, 7_416),
     ("pitts30k", "val"): (10_000, 7_608),

@@ -18,7 +18,8 @@ def load(name):
   return module.get_config()
 
 
-# spec §1.1 "Final" (ResNet-50, FC 1024, batch 64): n_layers, projection, mining, NEG, NEGQ, aug
+# docs/original.md §Stage-1 recipes, "final" (ResNet-50, FC 1024, batch 64): n_layers,
+# projection, mining, NEG, NEGQ, aug
 FINAL = {"simclr": (1, 1024, "partial", 1000, 1, True), "mocov2": (0, 1024, "random", 0, 0, False),
          "byol": (2, 4096, "random", 0, 0, True), "simsiam": (2, 4096, "random", 0, 0, True),
          "bt": (2, 2048, "partial", 1000, 1, True), "vicreg": (2, 4096, "partial", 1000, 1, True)}

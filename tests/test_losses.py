@@ -96,7 +96,7 @@ def test_barlow_twins_matches_numpy(n, d):
 
 def test_barlow_twins_floor_of_an_invariant_representation():
   # identical views: c_dd = (N - 1) / N (up to the 1e-4 eps), so the on-diagonal term is
-  # about D / N^2 (spec §2.6)
+  # about D / N^2 (docs/original.md §Losses)
   x = np.random.default_rng(0).normal(size=(64, 256)).astype(np.float32)
   on_diag = barlow_ref(x, x, lambd=0.0)
   np.testing.assert_allclose(on_diag, 256 / 64 ** 2, rtol=2e-2)

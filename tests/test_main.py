@@ -106,3 +106,41 @@ def test_batch_not_divisible_by_devices(tiny_root, tmp_path):
   proc = run_python(main_args(str(tmp_path), *tiny_overrides(tiny_root),
                               "--config.train.batch_size=7"), devices=2)
   assert_clean_error(proc, "train.batch_size=7 is not divisible by the 2 devices")
+
+
+@pytest.mark.parametrize("module,option", [("vgssl_jax.main", "--workdir=DIR"),
+                                           ("vgssl_jax.evaluate", "--checkpoint=PATH")])
+def test_help_prints_usage_and_where_the_keys_are(module, option):
+  proc = run_python(["-m", module, "--help"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for text in (f"python -m {module}", "--config=FILE", option, "vgssl_jax/config.py"):
+    assert text in proc.stdout
+  assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("extra,fragments", [
+    (["--config.eval.recall_values=0,5"], ["eval.recall_values=(0, 5)", "N >= 1"]),
+    (["--config.eval.pca_dim=5000"], ["eval.pca_dim=5000", "model.fc_output_dim=32"]),
+])
+def test_impossible_evaluation_settings_are_refused_up_front(tmp_path, tiny_root, extra, fragments):
+  proc = run_python(main_args(str(tmp_path / "run"), *tiny_overrides(tiny_root), *extra))
+  assert_clean_error(proc, *fragments)
+  assert not os.path.exists(tmp_path / "run" / "config.json")  # refused before any work
+
+
+def test_pca_larger_than_its_images_is_refused_before_embedding(tmp_path, tiny_root):
+  out = tmp_path / "eval"
+  proc = run_python(["-m", "vgssl_jax.evaluate", "--config=configs/demo.py", f"--workdir={out}",
+                     *tiny_overrides(tiny_root), "--config.eval.pca_dim=24",
+                     "--config.eval.pca_split=test"])
+  assert_clean_error(proc, "eval.pca_dim=24 exceeds the 16 database images of synthetic/test")
+  assert not os.path.exists(out / "descriptors")
+
+
+def test_workdir_that_is_a_file_or_cannot_be_written(tmp_path):
+  path = tmp_path / "notes.txt"
+  path.write_text("mine")
+  assert_clean_error(run_python(main_args(str(path))), f"--workdir {path} is a file")
+  assert path.read_text() == "mine"
+  assert_clean_error(run_python(main_args("/proc/vgssl_cannot_exist")),
+                     "cannot write to --workdir /proc/vgssl_cannot_exist")

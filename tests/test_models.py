@@ -101,7 +101,8 @@ def test_stem_max_pool_and_its_gradient_follow_pytorch(shape):
   np.testing.assert_allclose(dx, want_dx, rtol=1e-6, atol=1e-6)
 
 
-# The original's projector (spec §2.3): (layer kind, has bias) per nn.Sequential index.
+# The original's projector (docs/original.md §Projector and predictor): (layer kind, has
+# bias) per nn.Sequential index.
 PROJECTORS = {
     ("vicreg", 1): {"0": ("linear", False)},
     ("vicreg", 2): {"0": ("linear", False), "1": ("bn", None), "3": ("linear", False)},

@@ -77,3 +77,15 @@ def test_dataset_errors_name_the_problem(tmp_path):
     pass
   with pytest.raises(formats.FilenameFormatError, match="IMG_0001.jpg"):
     places.load_at_dataset(root, "mini", "test")
+
+
+def test_neighbors_contains_matches_a_python_loop():
+  rng = np.random.default_rng(5)
+  rows = [sorted(set(rng.integers(0, 30, rng.integers(0, 6)).tolist())) for _ in range(12)]
+  n = places.Neighbors(np.concatenate([[0], np.cumsum([len(r) for r in rows])]),
+                       np.array([i for r in rows for i in r], np.int64))
+  which = rng.integers(0, 12, 20)
+  candidates = rng.integers(-1, 35, (20, 7))  # -1 pads and indices beyond every list
+  got = n.contains(which, candidates)
+  want = [[c >= 0 and c in rows[w] for c in cands] for w, cands in zip(which, candidates)]
+  np.testing.assert_array_equal(got, want)

@@ -105,7 +105,8 @@ def test_hard_negatives_match_brute_force_and_faiss_per_query(backend):
   cand_feats = rng.normal(size=(120, 8)).astype(np.float32)
   q_feats = rng.normal(size=(37, 8)).astype(np.float32)
   # soft positives: some of them among the nearest candidates, to be skipped
-  soft_sets = [set(rng.choice(cand_ids, rng.integers(0, 6), replace=False).tolist()) for _ in range(37)]
+  soft_sets = [set(rng.choice(cand_ids, rng.integers(0, 6), replace=False).tolist())
+               for _ in range(37)]
   counts = [len(s) for s in soft_sets]
   indptr = np.concatenate([[0], np.cumsum(counts)])
   soft = places.Neighbors(indptr, np.concatenate([sorted(s) for s in soft_sets] + [[]]).astype(np.int64))
@@ -131,7 +132,8 @@ def test_full_mining_negatives_are_the_nearest_in_the_database():
   train, feats, _, _ = toy_train()
   config = mining.MiningConfig(12, "full", neg_samples_num=1, negs_num_per_query=2,
                                pair_negative=True)
-  pairs = mining.compute_pairs(train, recording_embed(feats, []), np.random.default_rng(1), config, search)
+  pairs = mining.compute_pairs(train, recording_embed(feats, []), np.random.default_rng(1), config,
+                               search)
   assert pairs.negatives.shape == (12, 2)
   want = brute_force_negatives(feats["queries"][pairs.queries], feats["database"], np.arange(40),
                                soft_sets_of(train, pairs.queries), 2)
@@ -183,7 +185,8 @@ def test_negatives_without_pair_negative_become_self_pairs():
                                                   negs_num_per_query=2), search)
   paired = mining.compute_pairs(train, embed, np.random.default_rng(0),
                                 mining.MiningConfig(12, "full", neg_samples_num=5,
-                                                    negs_num_per_query=2, pair_negative=True), search)
+                                                    negs_num_per_query=2, pair_negative=True),
+                                search)
   np.testing.assert_array_equal(full.self_pairs, np.unique(paired.negatives))
 
 
@@ -199,3 +202,21 @@ def test_pick_negatives_keeps_one_unique_negative_per_item():
 def test_sample_queries_falls_back_to_replacement():
   rows = mining.sample_queries(np.random.default_rng(0), 5, 12)
   assert len(rows) == 12 and rows.max() < 5
+
+
+def test_masked_knn_backends_exclude_the_same_rows_as_brute_force():
+  rng = np.random.default_rng(6)
+  db = rng.normal(size=(90, 6)).astype(np.float32)
+  q = rng.normal(size=(25, 6)).astype(np.float32)
+  excluded = np.full((25, 9), -1)
+  for i in range(25):
+    k = rng.integers(0, 10)
+    excluded[i, :k] = rng.choice(90, k, replace=False)
+  d = ((q[:, None].astype(np.float64) - db[None]) ** 2).sum(-1)
+  for i in range(25):
+    d[i, excluded[i][excluded[i] >= 0]] = np.inf
+  want = np.argsort(d, axis=1, kind="stable")[:, :5]
+  for backend in search.BACKENDS:
+    dist, idx = search.masked_knn(q, db, excluded, 5, backend)
+    np.testing.assert_array_equal(idx, want, err_msg=backend)
+    np.testing.assert_allclose(dist, np.take_along_axis(d, want, 1), rtol=1e-4, atol=1e-4)

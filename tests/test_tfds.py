@@ -15,7 +15,7 @@ pytest.importorskip("tensorflow_datasets")
 
 import jax  # noqa: E402
 
-from data_pipelines import datasets, loader, msls, places, synthetic  # noqa: E402
+from data_pipelines import datasets, loader, places, synthetic  # noqa: E402
 from data_pipelines.tfds import load_records, prepare, records  # noqa: E402
 from tests.conftest import REPO, TINY_SYNTHETIC  # noqa: E402
 

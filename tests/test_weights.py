@@ -395,7 +395,12 @@ def test_export_command_writes_the_checkpoint_weights(tmp_path):
                               "image_size": [32, 32], "metrics": {}})))
   mngr.wait_until_finished()
   out = str(tmp_path / "model.safetensors")
-  export_command.main(["--checkpoint", str(tmp_path / "run"), "--out", out])
+  old = os.umask(0o002)
+  try:
+    export_command.main(["--checkpoint", str(tmp_path / "run"), "--out", out])
+  finally:
+    os.umask(old)
+  assert os.stat(out).st_mode & 0o777 == 0o664  # the umask's mode, not safetensors' 0600
   loaded = vgssl.import_vgssl_checkpoint(out, init(make_net("resnet18conv4", 8), seed=5))
   for key, value in flat(loaded).items():
     if key[1] != "projector":

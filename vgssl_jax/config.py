@@ -61,8 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 64              # pairs per optimizer step (train_batch_size)
   c.train.lr = 1e-5                    # Adam, constant
   c.train.queries_per_epoch = 10000
-  # GeoPair mining (docs/original.md §GeoPair mining). The mining cache embeds images in eval mode and uses the
-  # projector output when model.n_layers > 0 (as the original), else the descriptor.
+  # GeoPair mining (docs/original.md §GeoPair mining). The mining cache embeds images in eval
+  # mode and uses the projector output when model.n_layers > 0 (as the original), else the
+  # descriptor.
   c.train.mining = "random"            # random | partial | full
   c.train.neg_samples_num = 0          # partial: pool size; random/full: > 0 = use negatives
   c.train.negs_num_per_query = 1       # M negatives mined per query (a batch keeps one)

@@ -46,4 +46,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.flags_parser(__doc__, "  --checkpoint=PATH      a run's workdir, or a .pth/.ckpt/.safetensors/.npz weights file\n"))
+  app.run(main, flags_parser=cli.flags_parser(
+      __doc__, "  --checkpoint=PATH      a run's workdir, or a .pth/.ckpt/.safetensors/.npz file\n"))

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from data_pipelines import datasets, formats, images, places, synthetic
+from data_pipelines import formats, images, places, synthetic
 from data_pipelines.tfds import records
 
 

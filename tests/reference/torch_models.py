@@ -166,7 +166,7 @@ class SSLGeoLocalizationNet(nn.Module):
 
 
 def vicreg_loss(x, y, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0):
-  """The original's VICReg (spec §2.6)."""
+  """The original's VICReg (docs/original.md §Losses)."""
   n, d = x.shape
   repr_loss = F.mse_loss(x, y)
   x = x - x.mean(dim=0)

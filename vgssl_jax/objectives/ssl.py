@@ -3,7 +3,7 @@
 Parameters are grouped as {"net": GeoLocalizationNet, "predictor": ...} (the predictor only
 for BYOL/SimSiam), batch statistics likewise. Each view goes through its own `apply`
 call, so BatchNorm normalises per view, and running statistics are threaded through
-the calls in the original's order (spec §2.5, §10):
+the calls in the original's order (docs/original.md §SSL wrappers):
 
   VICReg / BT / SimCLR: online(X), online(Y)
   BYOL / SimSiam:       online(X), online(Y), predictor(X), predictor(Y), target(X), target(Y)

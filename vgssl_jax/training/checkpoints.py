@@ -53,9 +53,9 @@ def manager(directory: str, keep: int = 2, read_only: bool = False) -> ocp.Check
       pp.LatestN(keep),
       # BestN keeps the last n in ascending order: the highest rank
       pp.BestN(get_metric_fn=_rank, reverse=False, n=1, keep_checkpoints_without_metrics=False)])
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy, read_only=read_only,
-                                         create=not read_only, cleanup_tmp_directories=not read_only,
-                                         save_interval_steps=0 if read_only else 1)
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=policy, read_only=read_only, create=not read_only,
+      cleanup_tmp_directories=not read_only, save_interval_steps=0 if read_only else 1)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
 
 

@@ -1,8 +1,8 @@
 """Reading weight files the user supplies (nothing is ever downloaded).
 
 PyTorch checkpoints (`.pth`, `.pt`, `.ckpt`: read without torch, executing nothing from
-the file; see torch_pickle), `.safetensors` and `.npz`. Every reader returns a flat {name: array}; the
-containers of the original's checkpoints are unwrapped (see `unwrap_state`).
+the file; see torch_pickle), `.safetensors` and `.npz`. Every reader returns a flat
+{name: array}; the containers of the original's checkpoints are unwrapped (unwrap_state).
 """
 
 from __future__ import annotations
