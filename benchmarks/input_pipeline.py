@@ -59,7 +59,7 @@ def ours(source, size, threads: int, processes: int, draft: bool, repeats: int) 
                                  prefetch=max(4, threads), jpeg_draft=draft)
   n, batch = len(source), 16
   indices = np.tile(np.arange(n), repeats + 1)
-  iterator = iter(loader.image_dataset(source, indices, batch, options))
+  iterator = iter(loader.image_dataset(source, indices, batch, options))  # {"views", "ok"}
   for _ in range(n // batch):  # warm-up pass
     next(iterator)
   start = time.perf_counter()

@@ -3,6 +3,7 @@ and the same from prepared ArrayRecord files; protocol checks for the known benc
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 
@@ -64,13 +65,33 @@ def load_split(root: str, name: str, split: str,
     if msls.is_raw_msls(folder):
       return msls.load_msls(folder, split)
   elif not os.path.isdir(folder):
-    how = HOW_TO_GET.get(name, f"put it in the `@` layout as {name}/images/<split>/"
-                               "{database,queries}/")
-    raise places.DatasetError(
-        f"dataset {name!r} not found: looked in {os.path.abspath(folder)}. "
-        f"Get the data ({how}) and set --config.data.root to the folder that holds {name}/, "
-        "or run the built-in demo with --config=configs/demo.py.")
+    raise places.DatasetError(_not_found(root, name))
   return places.load_at_dataset(root, name, split)
+
+
+def available(root: str) -> list[str]:
+  """Dataset names usable under `root`: its dataset folders, and the built-in synthetic one."""
+  found = [d for d in (sorted(os.listdir(root)) if os.path.isdir(root) else [])
+           if os.path.isdir(os.path.join(root, d, "images"))
+           or os.path.isdir(os.path.join(root, d, "train_val"))
+           or os.path.isdir(os.path.join(root, d, "test"))]
+  return sorted(set(found) | {synthetic.NAME})
+
+
+def _not_found(root: str, name: str) -> str:
+  names = available(root)
+  close = difflib.get_close_matches(name, names + list(HOW_TO_GET), n=1)
+  text = f"dataset {name!r} not found: looked in {os.path.abspath(os.path.join(root, name))}."
+  if close and close[0] != name:
+    text += f" Did you mean {close[0]!r}?"
+  text += f" Available under {os.path.abspath(root)}: {', '.join(names)} (synthetic is built in)."
+  if name in HOW_TO_GET:
+    text += (f" To use {name}: {HOW_TO_GET[name]}, and set --config.data.root to the folder "
+             f"that holds {name}/.")
+  else:
+    text += (f" A dataset of your own goes in the `@` layout as {name}/images/<split>/"
+             "{database,queries}/ under --config.data.root.")
+  return text
 
 
 def check_protocol(dataset: places.PlaceDataset, enabled: bool = True) -> dict:

@@ -60,16 +60,28 @@ class _LoadItem(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class _LoadImage(grain.transforms.Map):
-  """index -> (V, h, w, 3) uint8 views of one image (one hard-resized view by default)."""
+  """index -> {"views": (V, h, w, 3) uint8 views of one image (one hard-resized view by
+  default), "ok": whether it could be read}. An unreadable image raises ImageReadError, or
+  with skip_unreadable gives black views (V fixed: `num_views`) with ok False."""
   source: images.ImageSource
   size: tuple[int, int]
   views: Callable[[Image.Image], np.ndarray] | None = None
   draft: bool = True
+  skip_unreadable: bool = False
+  num_views: int = 1
 
   def map(self, index):
-    if self.views is None:
-      return images.load_image(self.source, index, self.size, self.draft)[None]
-    return self.views(self.source.open(index))
+    try:
+      if self.views is None:
+        pixels = images.load_image(self.source, index, self.size, self.draft)[None]
+      else:
+        pixels = self.views(self.source.open(index))
+      return {"views": pixels, "ok": np.bool_(True)}
+    except images.ImageReadError as e:
+      if not self.skip_unreadable:
+        raise
+      logging.warning("training skips an unreadable image: %s", e)
+      return {"views": np.zeros((self.num_views, *self.size, 3), np.uint8), "ok": np.bool_(False)}
 
 
 def epoch_order(num_items: int, items_per_step: int, seed: int, epoch: int) -> np.ndarray:
@@ -145,10 +157,15 @@ def pair_dataset(places: PlaceDataset, items: np.ndarray, local_batch: int,
 
 
 def image_dataset(source: images.ImageSource, indices: np.ndarray, batch_size: int,
-                  options: LoaderOptions, views=None) -> grain.IterDataset:
-  """Batches (b, V, h, w, 3) uint8 of the views of images `source[indices]`, in order; the
-  last batch may be smaller. `views`: image -> (V, h, w, 3) (default: one hard resize)."""
-  load = _LoadImage(source, tuple(options.image_size), views, options.jpeg_draft)
+                  options: LoaderOptions, views=None,
+                  skip_unreadable: bool = False) -> grain.IterDataset:
+  """Batches {"views": (b, V, h, w, 3) uint8, "ok": (b,) bool} of the views of images
+  `source[indices]`, in order; the last batch may be smaller. `views`: image -> (V, h, w,
+  3) (default: one hard resize). skip_unreadable: unreadable images give black views and
+  ok False instead of an ImageReadError (views must then have a fixed size)."""
+  num_views = getattr(views, "num_views", 1)
+  load = _LoadImage(source, tuple(options.image_size), views, options.jpeg_draft,
+                    skip_unreadable, num_views)
   dataset = grain.MapDataset.source(np.asarray(indices)).map(load).batch(
       batch_size, drop_remainder=False)
   return _iterate(dataset, options)

@@ -23,6 +23,7 @@ import numpy as np
 
 from data_pipelines.places import Neighbors, TrainPlaces
 
+# (part, indices) -> (len(indices), D) features; a row of NaN marks an unreadable image
 EmbedFn = Callable[[str, np.ndarray], np.ndarray]
 MINING_MODES = ("random", "partial", "full")
 
@@ -148,7 +149,8 @@ def compute_pairs(train: TrainPlaces, embed: EmbedFn, rng: np.random.Generator,
   """GeoPairs of one epoch.
 
   1. sample `queries_per_epoch` training queries;
-  2. embed them, their hard positives (within 10 m) and the mode's extra images;
+  2. embed them, their hard positives (within 10 m) and the mode's extra images (images
+     `embed` could not read are left out: the epoch may then have fewer items);
   3. pair each query with its positive nearest in feature space (exact L2, on device);
   4. negatives by the mode, attached to the pairs or appended as self-pairs.
   """
@@ -170,6 +172,18 @@ def compute_pairs(train: TrainPlaces, embed: EmbedFn, rng: np.random.Generator,
   q_feats = embed("queries", unique_q)[q_inverse]
   db_feats = embed("database", db_ids)
   local = np.where(hard >= 0, np.searchsorted(db_ids, np.maximum(hard, 0)), -1)
+  # unreadable images (NaN features): never a positive or a negative; a query that is
+  # unreadable, or has no readable positive, leaves this epoch
+  db_ok = np.isfinite(db_feats).all(axis=1)
+  local = np.where((local >= 0) & db_ok[np.maximum(local, 0)], local, -1)
+  keep = np.isfinite(q_feats).all(axis=1) & (local >= 0).any(axis=1)
+  if not keep.all():
+    if not keep.any():
+      raise ValueError("no sampled query of this epoch has a readable image and a readable "
+                       "positive; check the training images.")
+    query_ids, q_feats, local = query_ids[keep], q_feats[keep], local[keep]
+    soft = soft.subset(np.flatnonzero(keep))
+  pool = pool[db_ok[np.searchsorted(db_ids, pool)]] if len(pool) else pool
   best, _ = search.nearest_among(q_feats, db_feats, local)
   positives = db_ids[best]
   if not config.uses_negatives:

@@ -155,3 +155,35 @@ def test_corrupt_image_stops_evaluation_with_its_name(tiny_root, tmp_path):
                for a in tiny_overrides(tiny_root)]
   assert_clean_error(run_python(eval_args(str(tmp_path / "out"), *overrides)),
                      "cannot read image", os.path.basename(victim))
+
+
+def test_a_second_evaluation_replaces_the_outputs_of_the_first(tiny_root, tmp_path):
+  """Prediction pictures, plots and descriptors are replaced as a whole: no pictures of
+  the first evaluation stay beside those of the second; a failed evaluation leaves the
+  previous outputs as they were."""
+  out = str(tmp_path / "eval")
+  pictures = os.path.join(out, "preds", "synthetic")
+  proc = run_python(eval_args(out, *tiny_overrides(tiny_root), "--config.eval.num_preds_to_save=2"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert len(os.listdir(pictures)) == 8  # every query
+  proc = run_python(eval_args(out, *tiny_overrides(tiny_root), "--config.eval.num_preds_to_save=2",
+                              "--config.eval.save_only_wrong_preds=True",
+                              "--config.eval.backend=faiss"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # faiss's loader does not report the CPU builds it could not load
+  assert "Could not load library" not in proc.stderr
+  saved = json.load(open(os.path.join(out, "results.json")))["synthetic"]["saved_predictions"]
+  assert len(os.listdir(pictures)) == saved < 8
+  assert not [n for n in os.listdir(out) if n.startswith(".")]  # no staging folder left
+  before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "**", "*"), recursive=True)}
+  # a failing evaluation (a corrupt query image) keeps the previous outputs
+  root = str(tmp_path / "data")
+  shutil.copytree(os.path.join(tiny_root, "synthetic"), os.path.join(root, "synthetic"))
+  victim = sorted(glob.glob(os.path.join(root, "synthetic", "images", "test", "queries", "*")))[0]
+  open(victim, "wb").write(b"broken")
+  overrides = [a if not a.startswith("--config.data.root=") else f"--config.data.root={root}"
+               for a in tiny_overrides(tiny_root)]
+  assert_clean_error(run_python(eval_args(out, *overrides)), "cannot read image")
+  after = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "**", "*"), recursive=True)
+           if not os.path.basename(p) == "info.log"}
+  assert after == {p: t for p, t in before.items() if os.path.basename(p) != "info.log"}

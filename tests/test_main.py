@@ -144,3 +144,72 @@ def test_workdir_that_is_a_file_or_cannot_be_written(tmp_path):
   assert path.read_text() == "mine"
   assert_clean_error(run_python(main_args("/proc/vgssl_cannot_exist")),
                      "cannot write to --workdir /proc/vgssl_cannot_exist")
+
+
+def copy_of_tiny(tiny_root, tmp_path):
+  import shutil
+  root = str(tmp_path / "data")
+  shutil.copytree(os.path.join(tiny_root, "synthetic"), os.path.join(root, "synthetic"))
+  overrides = [a if not a.startswith("--config.data.root=") else f"--config.data.root={root}"
+               for a in tiny_overrides(tiny_root)]
+  return root, overrides
+
+
+def test_training_skips_unreadable_images_in_mining_and_batches(tiny_root, tmp_path):
+  """A truncated database JPEG and a text file named .jpg in the training split: mining and
+  the batches leave them out, the run finishes, and metrics.jsonl counts them."""
+  import glob
+  root, overrides = copy_of_tiny(tiny_root, tmp_path)
+  train = os.path.join(root, "synthetic", "images", "train")
+  database = sorted(glob.glob(os.path.join(train, "database", "*.jpg")))
+  queries = sorted(glob.glob(os.path.join(train, "queries", "*.jpg")))
+  with open(database[3], "r+b") as f:
+    f.truncate(200)
+  with open(queries[0], "w") as f:
+    f.write("not a picture")
+  workdir = str(tmp_path / "run")
+  proc = run_python(main_args(workdir, *overrides, "--config.train.queries_per_epoch=32",
+                              "--config.train.mining=full", "--config.train.neg_samples_num=1",
+                              "--config.train.pair_negative=True"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert os.path.basename(database[3]) in proc.stderr
+  assert os.path.basename(queries[0]) in proc.stderr
+  epoch = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))
+           if "epoch_loss" in l][-1]
+  assert epoch["skipped_images"] >= 2
+
+
+def test_bad_config_files_are_one_line_errors(tmp_path):
+  (tmp_path / "syntax.py").write_text("def get_config():\n  return dict(a=1\n")
+  (tmp_path / "empty.py").write_text("x = 1\n")
+  assert_clean_error(run_python(main_args(str(tmp_path / "w"), config=str(tmp_path / "syntax.py"))),
+                     "syntax.py has a syntax error at line 2")
+  assert_clean_error(run_python(main_args(str(tmp_path / "w"), config=str(tmp_path / "empty.py"))),
+                     "empty.py defines no get_config()")
+
+
+@pytest.mark.parametrize("extra,fragments", [
+    (["--config.data.name=synthtic"], ["dataset 'synthtic' not found", "Did you mean 'synthetic'?"]),
+    (["--config.data.image_size=96x128"], ["data.image_size=96x128", "image_size=480,640"]),
+])
+def test_typos_get_a_suggestion(tmp_path, extra, fragments):
+  proc = run_python(main_args(str(tmp_path / "w"), f"--config.data.root={tmp_path}", *extra))
+  assert_clean_error(proc, *fragments)
+
+
+def test_a_garbage_weights_file_is_reported_before_anything_is_written(tmp_path, tiny_root):
+  import time
+  garbage = tmp_path / "resnet18.pth"
+  garbage.write_bytes(b"\x00garbage" * 100)
+  workdir = tmp_path / "run"
+  start = time.time()
+  proc = run_python(main_args(str(workdir), *tiny_overrides(tiny_root),
+                              f"--config.model.pretrained={garbage}"))
+  assert_clean_error(proc, "cannot read", "resnet18.pth", "PyTorch checkpoint")
+  assert not os.path.exists(workdir / "config.json") and not os.path.exists(workdir / "checkpoints")
+  assert time.time() - start < 45  # no model compilation before the check
+  eval_dir = tmp_path / "eval"
+  proc = run_python(["-m", "vgssl_jax.evaluate", "--config=configs/demo.py",
+                     f"--workdir={eval_dir}", *tiny_overrides(tiny_root), f"--checkpoint={garbage}"])
+  assert_clean_error(proc, "cannot read", "resnet18.pth")
+  assert os.listdir(eval_dir) == ["info.log"]  # the log of the refusal, nothing else

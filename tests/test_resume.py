@@ -91,21 +91,82 @@ def test_sigkill_then_resume_gives_bit_identical_parameters(tiny_root, tmp_path,
   assert_bit_identical(state, ref_state)
 
 
-def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tiny_root, tmp_path, reference):
+def epoch_records(workdir):
+  return [l for l in (json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl")))
+          if "epoch_loss" in l]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_and_the_run_resumes(tiny_root, tmp_path, reference, signum):
+  """SIGTERM (preemption) and a first Ctrl-C: a checkpoint at the next step, a clean exit;
+  the resumed run equals the uninterrupted one, its epoch records included (the running
+  sums of the interrupted epoch are saved with the checkpoint)."""
   workdir = str(tmp_path / "preempted")
   args = main_args(workdir, *tiny_overrides(tiny_root), *RUN)
   proc = popen(args)
   metrics = os.path.join(workdir, "metrics.jsonl")
-  wait_for(lambda: os.path.exists(metrics) and '"step": 2' in open(metrics).read(), proc)
-  proc.send_signal(signal.SIGTERM)
+  wait_for(lambda: os.path.exists(metrics) and '"step": 1' in open(metrics).read(), proc)
+  proc.send_signal(signum)
   _, stderr = proc.communicate(timeout=240)
   assert proc.returncode != 0 and "Traceback" not in stderr, stderr[-3000:]
-  assert "stopped by SIGTERM" in stderr and "run the same command to resume" in stderr
+  name = signal.Signals(signum).name
+  assert f"stopped by {name}" in stderr and "run the same command to resume" in stderr
   saved = committed_steps(workdir)
-  assert saved and max(saved) < 8
+  assert saved and max(saved) < 4  # mid-epoch 1 (4 steps per epoch)
   done = run_python(args)
   assert done.returncode == 0, done.stderr[-3000:]
   assert_bit_identical(final_state(workdir)[1], final_state(reference)[1])
+  assert epoch_records(workdir) == [
+      {k: v for k, v in r.items()} for r in epoch_records(reference)]
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tiny_root, tmp_path):
+  workdir = str(tmp_path / "interrupted")
+  proc = popen(main_args(workdir, *tiny_overrides(tiny_root), *RUN))
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  wait_for(lambda: os.path.exists(metrics) and '"step": 1' in open(metrics).read(), proc)
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, stderr = proc.communicate(timeout=240)
+  assert "Traceback" not in stderr, stderr[-3000:]
+  assert proc.returncode == 130 and "stopped at once" in stderr, stderr[-3000:]
+
+
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes(tiny_root, tmp_path,
+                                                                     reference):
+  import shutil
+  workdir = str(tmp_path / "damaged")
+  shutil.copytree(reference, workdir)
+  assert committed_steps(workdir) == [4, 8]
+  for path in glob.glob(os.path.join(workdir, "checkpoints", "8", "state", "**", "d", "*"),
+                        recursive=True):
+    with open(path, "r+b") as f:  # array files cut short, as by a full disk
+      f.truncate(max(os.path.getsize(path) // 3, 1))
+  proc = run_python(main_args(workdir, *tiny_overrides(tiny_root), *RUN,
+                              "--config.train.epochs=3"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "checkpoint 8 cannot be restored" in proc.stderr
+  assert "resumes from checkpoint 4" in proc.stderr
+  assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints", "8", "state"))  # kept
+  assert final_state(workdir)[0] == 12
+  # epoch 2 trained again from checkpoint 4: the same as the first time
+  redone = [r for r in epoch_records(workdir) if r["epoch"] == 2]
+  assert redone[-1] == epoch_records(reference)[1]
+
+
+def test_no_restorable_checkpoint_is_an_error_that_moves_nothing(tiny_root, tmp_path, reference):
+  import shutil
+  workdir = str(tmp_path / "all_damaged")
+  shutil.copytree(reference, workdir)
+  for path in glob.glob(os.path.join(workdir, "checkpoints", "*", "state", "**", "d", "*"),
+                        recursive=True):
+    with open(path, "r+b") as f:
+      f.truncate(1)
+  proc = run_python(main_args(workdir, *tiny_overrides(tiny_root), *RUN))
+  assert_clean_error(proc, "no checkpoint of this run can be restored", "step 8", "step 4")
+  assert committed_steps(workdir) == [4, 8] and not os.path.exists(
+      os.path.join(workdir, "damaged_checkpoints"))
 
 
 def test_resume_refuses_a_new_model_shape_and_allows_more_epochs(tiny_root, tmp_path, reference):
@@ -117,6 +178,9 @@ def test_resume_refuses_a_new_model_shape_and_allows_more_epochs(tiny_root, tmp_
                               "--config.model.fc_output_dim=16"))
   assert_clean_error(proc, "another config", "changes the model shape", "model.fc_output_dim")
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before  # nothing touched
+  proc = run_python(main_args(workdir, *tiny_overrides(tiny_root), *RUN, "--config.train.lr=0.5"))
+  assert_clean_error(proc, "changes the experiment (train.lr: 0.001 -> 0.5)")
+  assert "model shape" not in proc.stderr
   proc = run_python(main_args(workdir, *tiny_overrides(tiny_root), *RUN,
                               "--config.train.epochs=3"))
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -91,8 +91,9 @@ def test_a_grain_worker_process_reads_the_records(tiny_root, data_dir):
   assert clone == source and not clone._reader
   indices = np.arange(len(source))[::-1]
   workers = dataclasses.replace(OPTIONS, num_workers=1)
-  got = np.concatenate(list(loader.image_dataset(source, indices, 4, workers)))
-  want = np.concatenate(list(loader.image_dataset(files.images("database"), indices, 4, OPTIONS)))
+  got = np.concatenate([b["views"] for b in loader.image_dataset(source, indices, 4, workers)])
+  want = np.concatenate([b["views"] for b in loader.image_dataset(files.images("database"),
+                                                                  indices, 4, OPTIONS)])
   assert got.shape == want.shape and len(got) == len(source)
   np.testing.assert_array_equal(got, want)
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import logging
 import os
 import sys
+import tempfile
+import traceback
 
 from absl import flags
 from ml_collections import config_flags
@@ -67,6 +70,30 @@ def flags_parser(doc: str, extra: str = ""):
   return parser
 
 
+def check_config_file(path: str) -> None:
+  """Exits with one line naming the file (and line) unless `path` is a Python file that runs
+  and defines get_config()."""
+  try:
+    with open(path) as f:
+      source = f.read()
+    code = compile(source, path, "exec")
+  except SyntaxError as e:
+    sys.exit(f"error: config file {path} has a syntax error at line {e.lineno}: {e.msg}.")
+  except (OSError, UnicodeDecodeError) as e:
+    sys.exit(f"error: cannot read config file {path}: {e}.")
+  namespace = {"__name__": "config", "__file__": path}
+  try:
+    exec(code, namespace)  # pylint: disable=exec-used  # the user's own config file
+  except Exception as e:  # pylint: disable=broad-except
+    line = next((fr.lineno for fr in reversed(traceback.extract_tb(e.__traceback__))
+                 if fr.filename == path), None)
+    at = f" at line {line}" if line else ""
+    sys.exit(f"error: config file {path} fails when run{at}: {type(e).__name__}: {e}.")
+  if not callable(namespace.get("get_config")):
+    sys.exit(f"error: config file {path} defines no get_config(): a config file is a Python "
+             "file whose get_config() returns the ConfigDict (see configs/demo.py).")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing that turns config mistakes into one clear message, not a traceback."""
   path = _config_path(argv)
@@ -76,6 +103,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   if not os.path.isfile(path.split(":")[0]):
     sys.exit(f"error: config file {path!r} does not exist (run from the repository root, "
              "configs are in configs/).")
+  check_config_file(path.split(":")[0])
   try:
     return flags.FLAGS(last_overrides(argv))
   except (AttributeError, KeyError) as e:
@@ -89,7 +117,11 @@ def parse_flags(argv: list[str]) -> list[str]:
                      for k in bad)
     sys.exit(f"error: unknown config key {text}. Valid keys are listed in vgssl_jax/config.py.")
   except flags.Error as e:
-    sys.exit(f"error: {e}")
+    hint = ""
+    if "tuple" in str(e).lower() or "could not parse" in str(e).lower():
+      hint = (" (tuple settings are written with commas, e.g. "
+              "--config.data.image_size=480,640)")
+    sys.exit(f"error: {e}{hint}")
 
 
 def checked_config(config):
@@ -106,6 +138,8 @@ def setup_logging(workdir: str | None) -> None:
   # step (orbax, through absl) are not news
   logging.getLogger("jax").setLevel(logging.WARNING)
   logging.getLogger("absl").setLevel(logging.WARNING)
+  # faiss's loader reports at INFO which CPU-specific builds it could not load: not a fault
+  logging.getLogger("faiss").setLevel(logging.WARNING)
   import jax
   logging.getLogger().setLevel(logging.INFO)
   fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
@@ -125,20 +159,22 @@ def setup_logging(workdir: str | None) -> None:
 
 
 def check_workdir_path(workdir: str) -> None:
-  """Exits with one line unless `workdir` is (or can be made) a folder this process can
-  write, before any work."""
+  """Exits with one line unless `workdir` is a folder this process can write, or can be
+  created (nothing is created here: a probe folder is made and removed again)."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     sys.exit(f"error: --workdir {workdir} is a file, not a folder: give a folder for the run's "
              "outputs (it is created if missing).")
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
+    if not os.path.isdir(existing):
+      raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file")
+    os.rmdir(tempfile.mkdtemp(prefix=".vgssl-write-test-", dir=existing))
   except OSError as e:
-    sys.exit(f"error: cannot write to --workdir {workdir} ({e.strerror or e}); choose a folder "
-             "you can write to, or fix its permissions.")
+    where = "" if existing == os.path.abspath(workdir) else f" (in {existing})"
+    sys.exit(f"error: cannot write to --workdir {workdir}{where}: {e.strerror or e}; choose a "
+             "folder you can write to, or fix its permissions.")
 
 
 def run_main(argv: list[str], config_flag, workdir_flag, default_workdir, job) -> None:
@@ -156,3 +192,7 @@ def run_main(argv: list[str], config_flag, workdir_flag, default_workdir, job) -
     job(config, workdir)
   except USER_ERRORS as e:
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    print("interrupted (Ctrl-C): stopped at once; the checkpoints written so far are kept, run "
+          "the same command to resume from the last one.", file=sys.stderr)
+    sys.exit(130)

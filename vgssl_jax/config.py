@@ -196,8 +196,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if int(c[section][name]) <= 0:
       raise ConfigError(f"{key}={c[section][name]} must be a positive integer.")
   size = tuple(c.data.image_size)
-  if len(size) != 2 or min(size) < 32:
-    raise ConfigError(f"data.image_size={size} must be (height, width), each >= 32 pixels.")
+  if len(size) != 2 or not all(isinstance(v, int) for v in size) or min(size) < 32:
+    written = "x".join(map(str, size)).replace("'", "")
+    raise ConfigError(f"data.image_size={written} must be (height, width) in pixels, each >= 32, "
+                      "written with a comma: --config.data.image_size=480,640.")
   if not 0.0 <= c.train.random_resized_crop < 1.0:
     raise ConfigError(f"train.random_resized_crop={c.train.random_resized_crop} must be in "
                       "[0, 1): the crop keeps a (1 - r, 1) fraction of the area.")
@@ -276,10 +278,15 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   unsafe = [k for k in changed if not k.startswith(SAFE_TO_CHANGE)]
   shape = [k for k in unsafe if k.startswith(SHAPE_KEYS)]
   if unsafe:
-    detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in shape + [
-        k for k in unsafe if k not in shape])
-    what = "changes the model shape" if shape else "changes the experiment"
-    raise ConfigError(f"this config {what} of the run being resumed ({detail}). Use another "
+    def listed(keys):
+      return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+    experiment = [k for k in unsafe if k not in shape]
+    what = []
+    if experiment:
+      what.append(f"changes the experiment ({listed(experiment)})")
+    if shape:
+      what.append(f"changes the model shape ({listed(shape)})")
+    raise ConfigError(f"this config {' and '.join(what)} of the run being resumed. Use another "
                       "--workdir for a new run, or the run's own config to resume it.")
   return changed
 

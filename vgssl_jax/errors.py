@@ -14,7 +14,7 @@ class TrainingDiverged(RuntimeError):
 
 
 class Preempted(RuntimeError):
-  """SIGTERM arrived; a checkpoint was saved and the same command resumes."""
+  """SIGTERM or Ctrl-C arrived; a checkpoint was saved and the same command resumes."""
 
 
 # What a user can fix: reported as "error: <message>" by the command-line entry points.

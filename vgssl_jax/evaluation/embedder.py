@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -29,8 +29,8 @@ class Embedder:
     self.devices = mesh.devices.size
     self.progress = progress
     self._forward = jax.jit(
-        functools.partial(self._apply, model), static_argnums=2,
-        in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
+        lambda variables, batch, output: self._apply(model, variables, *batch, output),
+        static_argnums=2, in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
         out_shardings=sharding.replicated(mesh))
 
   @classmethod
@@ -39,21 +39,27 @@ class Embedder:
                progress)
 
   @staticmethod
-  def _apply(model, variables, images, output):
+  def _apply(model, variables, images, ok, output):
     x = normalize(images, model.dtype)
     out = model.apply(variables, x, train=False, project=output == "projection")
     if output not in out:
       raise ValueError(f"the network has no output {output!r} (it has {sorted(out)})")
-    return out[output]
+    feats = out[output]
+    # unreadable images (skipped) come back as NaN rows: every process sees the same marks
+    return jnp.where(ok.reshape(-1, *([1] * (feats.ndim - 1))), feats, jnp.nan)
 
   def __call__(self, variables: dict, source: images.ImageSource, indices=None,
-               output: str = "descriptor", desc: str = "embedding") -> np.ndarray:
+               output: str = "descriptor", desc: str = "embedding",
+               skip_unreadable: bool = False) -> np.ndarray:
     """(len(indices), ...) float32 features of images `source[indices]` (all by default),
-    in order."""
-    return self.views(variables, source, indices, output=output, desc=desc)[:, 0]
+    in order. skip_unreadable: an unreadable image gives a row of NaN (and a logged
+    warning) instead of stopping with an ImageReadError (training's passes)."""
+    return self.views(variables, source, indices, output=output, desc=desc,
+                      skip_unreadable=skip_unreadable)[:, 0]
 
   def views(self, variables: dict, source: images.ImageSource, indices=None, views=None,
-            output: str = "descriptor", desc: str = "embedding") -> np.ndarray:
+            output: str = "descriptor", desc: str = "embedding",
+            skip_unreadable: bool = False) -> np.ndarray:
     """(len(indices), V, ...) float32 features of the V views of each image.
 
     `views` maps an image to (V, h, w, 3) uint8 (test-time crops; see
@@ -79,15 +85,22 @@ class Embedder:
         raise ConfigError("test methods with query-dependent sizes (single_query) run in one "
                           "process; evaluate on a single host.")
       local, local_batch = indices, 1
+    if skip_unreadable and not fixed:
+      raise ValueError("skip_unreadable needs views of one size")
     chunks = []
-    batches = loader.image_dataset(source, local, local_batch, self.options, views)
+    batches = loader.image_dataset(source, local, local_batch, self.options, views,
+                                   skip_unreadable)
     steps = -(-len(local) // local_batch)
     for batch in Progress(batches, total=steps, desc=desc, unit="batch", enabled=self.progress):
-      m, v = batch.shape[:2]
-      flat = batch.reshape(m * v, *batch.shape[2:])
+      pixels = batch["views"]
+      m, v = pixels.shape[:2]
+      flat = pixels.reshape(m * v, *pixels.shape[2:])
+      ok = np.repeat(batch["ok"], v)
       if not fixed:  # one image of its own size: pad to a multiple of the devices
         target = -(-len(flat) // self.devices) * self.devices
         flat = np.concatenate([flat, np.zeros((target - len(flat), *flat.shape[1:]), flat.dtype)])
-      feats = np.asarray(self._forward(variables, sharding.shard_batch(flat, self.mesh), output))
+        ok = np.concatenate([ok, np.ones(target - len(ok), bool)])
+      feats = np.asarray(self._forward(variables, sharding.shard_batch((flat, ok), self.mesh),
+                                       output))
       chunks.append(feats[:len(feats) if fixed else m * v].reshape(-1, v, *feats.shape[1:]))
     return np.concatenate(chunks)[:n].astype(np.float32)

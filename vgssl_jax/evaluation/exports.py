@@ -4,6 +4,7 @@ prediction file, recall curves and prediction pictures (layout in vgssl_jax/eval
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 
@@ -12,6 +13,34 @@ from vgssl_jax.evaluation import visualize
 from vgssl_jax.evaluation.metrics import check_predictions, hit_matrix, recall_curve
 
 MSLS_TOP_K = 20  # columns of the official prediction file
+# what one evaluation writes under its folder: replaced as a whole by the next one
+FAMILIES = ("descriptors", "predictions", "plots", "preds")
+RESULT_FILES = ("results.json", "results.md", "model.json")
+
+
+def staging_dir(workdir: str) -> str:
+  """An empty folder inside `workdir` to write an evaluation's outputs into first."""
+  path = os.path.join(workdir, ".incoming")
+  shutil.rmtree(path, ignore_errors=True)
+  os.makedirs(path)
+  return path
+
+
+def publish(staging: str, workdir: str) -> None:
+  """Moves a finished evaluation from `staging` into `workdir`: each output family and
+  result file replaces its predecessor whole (a family this evaluation did not write is
+  removed), so nothing stale remains beside the new outputs; if the evaluation failed
+  before this point, the previous outputs are untouched."""
+  for name in FAMILIES + RESULT_FILES:
+    old, new = os.path.join(workdir, name), os.path.join(staging, name)
+    if os.path.isdir(old):
+      trash = os.path.join(staging, f".old-{name}")
+      os.replace(old, trash)
+    elif os.path.exists(old) and not os.path.exists(new):
+      os.remove(old)
+    if os.path.exists(new):
+      os.replace(new, old)
+  shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_descriptors(out_dir: str, places: PlaceDataset, database: np.ndarray,

@@ -11,7 +11,7 @@ from vgssl_jax import sharding
 from vgssl_jax.models.network import init_variables
 from vgssl_jax.models.weights import export as weights_export
 from vgssl_jax.models.weights import vgssl
-from vgssl_jax.models.weights.files import is_weight_file
+from vgssl_jax.models.weights.files import is_weight_file, load_state_dict
 from vgssl_jax.training import checkpoints
 
 
@@ -28,11 +28,26 @@ def load_variables(config, checkpoint: str | None, model, mesh) -> tuple[dict, d
     variables = vgssl.import_vgssl_checkpoint(checkpoint, jax.device_get(variables))
     return (jax.device_put(variables, sharding.replicated(mesh)),
             {"checkpoint": checkpoint, "note": "imported weights file"})
-  template = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), image_size))
+  template = abstract_variables(model, image_size)
   directory, step, meta = checkpoints.read_meta(checkpoint)
   variables = checkpoints.restore_variables(directory, step, template, sharding.replicated(mesh))
   return variables, {"checkpoint": directory, "step": step, "epoch": meta.get("epoch"),
                      "validation": meta.get("metrics", {})}
+
+
+def abstract_variables(model, image_size) -> dict:
+  """Shapes and dtypes of `model`'s variables (traced, not computed or compiled)."""
+  return jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), tuple(image_size)))
+
+
+def check_checkpoint(config, checkpoint: str, model) -> None:
+  """Raises ConfigError unless `checkpoint` can give `model`'s weights: a weights file is
+  read and matched against the network's shapes, a run's folder must hold a checkpoint."""
+  if is_weight_file(checkpoint):
+    vgssl.import_vgssl_state(load_state_dict(checkpoint),
+                             abstract_variables(model, config.data.image_size))
+  else:
+    checkpoints.read_meta(checkpoint)
 
 
 def adopt_checkpoint_model(config, checkpoint: str) -> None:

@@ -185,27 +185,31 @@ def evaluate_model(config, checkpoint: str | None, workdir: str) -> dict:
   if os.path.exists(os.path.join(workdir, "config.json")):  # its results.json is the run's
     raise ConfigError(f"--workdir {workdir} holds a training run; write the evaluation to "
                       f"another folder, e.g. --workdir {os.path.join(workdir, 'eval')}.")
-  os.makedirs(workdir, exist_ok=True)
   if checkpoint:
     loading.adopt_checkpoint_model(config, checkpoint)
   mesh = sharding.make_mesh(config.num_devices)
   eval_sets = open_eval_sets(config)
   model = registry.build_network(config.model, config.method)
+  if checkpoint:
+    loading.check_checkpoint(config, checkpoint, model)  # before any compilation or writing
+  os.makedirs(workdir, exist_ok=True)
   embedder = Embedder.from_config(config, model, mesh)
   variables, info = loading.load_variables(config, checkpoint, model, mesh)
   logging.info("evaluating %s on %s", info.get("checkpoint") or "the initial model",
                ", ".join(eval_sets.sets))
-  results = evaluate_all(config, embedder, variables, eval_sets, out_dir=workdir)
+  staging = exports.staging_dir(workdir) if jax.process_index() == 0 else None
+  results = evaluate_all(config, embedder, variables, eval_sets, out_dir=staging)
   table = format_table({"model": results}, tuple(config.eval.recall_values))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
+    with open(os.path.join(staging, "results.json"), "w") as f:
       json.dump(results, f, indent=1)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
+    with open(os.path.join(staging, "results.md"), "w") as f:
       f.write(f"# Evaluation\n\nmodel: {info.get('checkpoint') or info['note']}"
               f"{' (step %s)' % info['step'] if info.get('step') is not None else ''}, "
               f"test method {config.eval.test_method}, split {config.eval.split}\n\n{table}\n")
-    with open(os.path.join(workdir, "model.json"), "w") as f:
+    with open(os.path.join(staging, "model.json"), "w") as f:
       json.dump({**info, "config": json.loads(config.to_json_best_effort())}, f, indent=1)
+    exports.publish(staging, workdir)
   print(f"\nRecall@N (%), {config.eval.split} split:\n{table}\nresults: "
         f"{os.path.join(workdir, 'results.json')}", flush=True)
   return results

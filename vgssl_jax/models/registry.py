@@ -66,6 +66,12 @@ def build_backbone(model_config, dtype: Dtype) -> tuple[nn.Module, str]:
   return fam.build(model_config, dtype, **args), fam.output
 
 
+def check_pretrained(model_config, abstract_variables: dict) -> None:
+  """Reads `model_config.pretrained` and matches it against the network's shapes (an
+  abstract tree is enough): a wrong or damaged file is reported before anything is built."""
+  load_pretrained(model_config, abstract_variables)
+
+
 def load_pretrained(model_config, variables: dict) -> dict:
   """Network `variables` with the backbone from `model_config.pretrained` (ImageNet
   weights of the backbone's family, from a file the user supplies)."""

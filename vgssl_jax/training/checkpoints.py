@@ -14,9 +14,13 @@ as the original).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
+import sys
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -76,9 +80,63 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state) -> tuple:
         state=ocp.args.StandardRestore(abstract_state), progress=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
   except Exception as e:  # orbax raises many types for damaged or foreign folders
-    raise ConfigError(f"cannot resume from the checkpoint {mngr.directory}/{step}: {str(e)[:600]}. "
-                      "It is damaged or was written by another model; use another --workdir.") from e
+    raise ConfigError(f"cannot resume from the checkpoint {mngr.directory}/{step}: "
+                      f"{str(e)[:300]}. It is damaged or was written by another model; use "
+                      "another --workdir.") from e
   return out["state"], out["progress"], out["meta"]
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state) -> tuple | None:
+  """(step, state, progress, meta) of the newest checkpoint that restores, or None when
+  there is none.
+
+  A newer checkpoint that fails while an older one restores is damaged (e.g. files cut
+  short by a full disk): it is moved to <workdir>/damaged_checkpoints/<step> for
+  inspection, with a warning saying why, and the run continues from the older one. When
+  none restores, nothing is moved and the error lists every reason.
+  """
+  failures = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    with _quiet_stderr():
+      try:
+        state, progress, meta = restore(mngr, step, abstract_state)
+      except ConfigError as e:
+        failures.append((step, e))
+        # tensorstore's reads still in flight report to a closed event loop: let them finish
+        time.sleep(1.0)
+        continue
+    if failures:
+      _set_aside(mngr, failures, step)
+    return step, state, progress, meta
+  if failures:
+    raise ConfigError("no checkpoint of this run can be restored: " + "; ".join(
+        f"step {step}: {e}" for step, e in failures))
+  return None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+  """Python's sys.stderr swapped for a buffer: a failed restore makes tensorstore's
+  background reads print tracebacks of their closed event loop ("Event loop is closed"),
+  noise beside the one-line report. The log handlers keep the real stream."""
+  saved, sys.stderr = sys.stderr, io.StringIO()
+  try:
+    yield
+  finally:
+    sys.stderr = saved
+
+
+def _set_aside(mngr: ocp.CheckpointManager, failures: list, good: int) -> None:
+  damaged = os.path.join(os.path.dirname(os.fspath(mngr.directory)), "damaged_checkpoints")
+  os.makedirs(damaged, exist_ok=True)
+  for step, error in failures:
+    target = os.path.join(damaged, str(step))
+    if os.path.exists(target):
+      target += f".{int(time.time())}"
+    os.replace(os.path.join(os.fspath(mngr.directory), str(step)), target)
+    logging.warning("checkpoint %d cannot be restored (%s); it was moved to %s for inspection and "
+                    "the run resumes from checkpoint %d", step, str(error)[:300], target, good)
+  mngr.reload()
 
 
 def _meta(mngr: ocp.CheckpointManager, step: int) -> dict:

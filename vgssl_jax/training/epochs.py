@@ -28,7 +28,8 @@ class EpochSource(Protocol):
     """How many mined segments epoch `epoch` (0-based) has."""
 
   def mine(self, state, epoch: int, segment: int) -> dict:
-    """The plan of one segment, mined with the train state's current model."""
+    """The plan of one segment, mined with the train state's current model. Its
+    "skipped_images" entry (if any) counts the unreadable images mining left out."""
 
   def batches(self, plan: dict, epoch: int, segment: int) -> tuple[BatchIterator, int]:
     """The segment's batches in order (each with "skipped": unreadable images replaced)

@@ -7,6 +7,8 @@ positive (and negatives), plan the epoch's batches, load them with grain.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 
@@ -30,8 +32,9 @@ def pairs_to_json(pairs: mining.GeoPairs) -> dict:
 
 
 def pairs_from_json(data: dict) -> mining.GeoPairs:
+  fields = {f.name for f in dataclasses.fields(mining.GeoPairs)}
   return mining.GeoPairs(**{k: (None if v is None else np.asarray(v, np.int64))
-                            for k, v in data.items()})
+                            for k, v in data.items() if k in fields})
 
 
 class GeoPairSource:
@@ -56,12 +59,17 @@ class GeoPairSource:
     del segment
     places = self.train.places
     variables = retrieval_variables(state.params, state.batch_stats)
+    skipped = [0]
 
     def embed(part, indices):
-      return self.embedder(variables, places.images(part), indices,
-                           output=self.objective.mining_output, desc=f"mining {part}")
+      feats = self.embedder(variables, places.images(part), indices,
+                            output=self.objective.mining_output, desc=f"mining {part}",
+                            skip_unreadable=True)
+      skipped[0] += int((~np.isfinite(feats).all(axis=1)).sum())
+      return feats
     rng = np.random.default_rng([self.config.seed, epoch])
-    return pairs_to_json(mining.compute_pairs(self.train, embed, rng, self.mining, search))
+    pairs = mining.compute_pairs(self.train, embed, rng, self.mining, search)
+    return {**pairs_to_json(pairs), "skipped_images": skipped[0]}
 
   def batches(self, plan: dict, epoch: int, segment: int):
     del segment

@@ -41,33 +41,54 @@ Validate = Callable[[TrainState], dict]
 
 def fresh_progress() -> dict:
   """Where a run stands: epoch (0-based), segment and step within it; with a started
-  segment, its plan and the data iterator's state; the best validation score and the
-  validations without a better one."""
+  segment, its plan and the data iterator's state; the epoch's running sums; the best
+  validation score and the validations without a better one."""
   return {"epoch": 0, "segment": 0, "step_in_segment": 0, "plan": None, "iterator": None,
-          "best": None, "stale": 0, "stopped_early": False}
+          "sums": fresh_sums(), "best": None, "stale": 0, "stopped_early": False}
+
+
+def fresh_sums() -> dict:
+  """The running sums of an epoch: loss over the steps so far, their number, and the
+  unreadable images skipped (mining and batches)."""
+  return {"loss": 0.0, "steps": 0, "skipped": 0}
 
 
 class _Signals:
-  """Turns SIGTERM into a flag checked between steps (the handler itself does no work)."""
+  """Turns SIGTERM (how clusters preempt) and a first Ctrl-C (SIGINT) into a flag checked
+  between steps: the loop then saves a checkpoint and stops. A second Ctrl-C ends the
+  process at once (exit status 130)."""
 
   def __init__(self):
-    self.requested = False
+    self.requested = None  # the name of the signal that asked to stop
 
   @contextlib.contextmanager
   def installed(self):
     def handler(signum, frame):
       del frame
-      logging.warning("received signal %d: saving a checkpoint at the next step boundary", signum)
-      self.requested = True
+      name = signal.Signals(signum).name
+      again = " (Ctrl-C again stops at once, without saving)" if signum == signal.SIGINT else ""
+      logging.warning("received %s: saving a checkpoint at the next step boundary%s", name, again)
+      self.requested = name
+      if signum == signal.SIGINT:
+        signal.signal(signal.SIGINT, stop_now)
+
+    def stop_now(signum, frame):
+      del signum, frame
+      # at once: no clean-up that could hang; a checkpoint being written is never committed
+      # half (orbax renames a finished one into place), so the last committed one resumes
+      os.write(2, b"\ninterrupted (Ctrl-C twice): stopped at once; run the same command to "
+               b"resume from the last checkpoint.\n")
+      os._exit(130)
     try:
-      previous = signal.signal(signal.SIGTERM, handler)
+      previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread (e.g. embedded use): no preemption handling
       yield
       return
     try:
       yield
     finally:
-      signal.signal(signal.SIGTERM, previous)
+      for s, h in previous.items():
+        signal.signal(s, h)
 
 
 class Trainer:
@@ -95,13 +116,13 @@ class Trainer:
                               tuple(self.config.data.image_size), self.mesh)
 
   def resume_or_init(self, init_fn=None) -> tuple[TrainState, dict]:
-    """The latest checkpoint of the workdir, or a new state (`init_fn`, default init_state)."""
-    step = self.mngr.latest_step()
-    if step is None:
+    """The newest checkpoint of the workdir that restores (a damaged newer one is set
+    aside, see checkpoints.restore_latest), or a new state (`init_fn`, default init_state)."""
+    if self.mngr.latest_step() is None:
       return (init_fn or self.init_state)(), fresh_progress()
     abstract = abstract_train_state(self.objective, self.tx, tuple(self.config.data.image_size),
                                     self.mesh)
-    state, progress, meta = checkpoints.restore(self.mngr, step, abstract)
+    step, state, progress, meta = checkpoints.restore_latest(self.mngr, abstract)
     changed = config_changes(meta["config"], self.config)
     if changed:
       logging.info("resuming with changed settings: %s", ", ".join(changed))
@@ -110,9 +131,9 @@ class Trainer:
     return state, progress
 
   def _stop_preempted(self, where: str) -> None:
-    """After the SIGTERM checkpoint was started: wait for it, then stop the run."""
+    """After the checkpoint a signal asked for was started: wait for it, stop the run."""
     self.mngr.wait_until_finished()
-    raise Preempted(f"stopped by SIGTERM {where}: the checkpoint is saved in "
+    raise Preempted(f"stopped by {self.signals.requested} {where}: the checkpoint is saved in "
                     f"{self.mngr.directory}; run the same command to resume.")
 
   def save(self, state: TrainState, progress: dict, metrics: dict | None = None) -> None:
@@ -137,15 +158,19 @@ class Trainer:
           "then run the same command to resume from it.")
     return values
 
-  def train_segment(self, state: TrainState, progress: dict, losses: list,
-                    lr: float) -> tuple[TrainState, dict, int]:
+  def train_segment(self, state: TrainState, progress: dict,
+                    lr: float) -> tuple[TrainState, dict]:
     """Runs (the rest of) segment progress["segment"] of epoch progress["epoch"] at
-    learning rate `lr`; appends its losses to `losses`. Returns the state, the progress and
-    the number of skipped images."""
+    learning rate `lr`. The epoch's running sums (loss, steps, skipped images) are kept in
+    progress["sums"], so that they are saved with every checkpoint: a resumed epoch
+    reports what an uninterrupted one does."""
     tc, epoch, segment = self.config.train, progress["epoch"], progress["segment"]
     if progress["plan"] is None:
-      progress = {**progress, "plan": self.source.mine(state, epoch, segment),
-                  "step_in_segment": 0, "iterator": None}
+      plan = self.source.mine(state, epoch, segment)
+      sums = dict(progress["sums"])
+      sums["skipped"] += int(plan.get("skipped_images", 0))
+      progress = {**progress, "plan": plan, "step_in_segment": 0, "iterator": None,
+                  "sums": sums}
     iterator, steps = self.source.batches(progress["plan"], epoch, segment)
     if progress["iterator"] is not None:
       iterator.set_state(progress["iterator"])
@@ -170,7 +195,10 @@ class Trainer:
       if done % tc.log_every == 0 or done == steps or at_checkpoint or self.signals.requested:
         values = self._check_finite(window, window_first, epoch)
         seconds = time.perf_counter() - window_start
-        losses.extend(values.tolist())
+        sums = progress["sums"]
+        progress["sums"] = {"loss": sums["loss"] + float(np.sum(values)),
+                            "steps": sums["steps"] + len(values),
+                            "skipped": sums["skipped"] + skipped}
         record = {"step": int(state.step), "epoch": epoch + 1, "loss": float(values.mean()),
                   "lr": lr, "step_time_s": seconds / len(values)}
         record.update({f"{unit}_per_s": len(values) * n / seconds
@@ -178,13 +206,13 @@ class Trainer:
         record["input_wait"] = wait / seconds
         self.metrics.write(record)
         bar.set_postfix(f"loss {record['loss']:.4f}")
-        window, window_first, wait = [], int(state.step), 0.0
+        window, window_first, wait, skipped = [], int(state.step), 0.0, 0
         window_start = time.perf_counter()
       if at_checkpoint or self.signals.requested:
         self.save(state, {**progress, "iterator": iterator.get_state()})
       if self.signals.requested:
         self._stop_preempted(f"at step {int(state.step)}")
-    return state, progress, skipped
+    return state, progress
 
   def train_epoch(self, state: TrainState, progress: dict) -> tuple[TrainState, dict, dict]:
     """Runs (the rest of) epoch progress["epoch"]; returns the state, the progress at the
@@ -192,18 +220,17 @@ class Trainer:
     tc, epoch = self.config.train, progress["epoch"]
     lr = epoch_lr(tc.lr, epoch, tc.epochs, tc.lr_schedule, tc.warmup_epochs)
     state = with_lr(state, lr)
-    losses, skipped = [], 0
     while progress["segment"] < self.source.segments(epoch):
-      state, progress, segment_skipped = self.train_segment(state, progress, losses, lr)
-      skipped += segment_skipped
+      state, progress = self.train_segment(state, progress, lr)
       progress = {**progress, "segment": progress["segment"] + 1, "step_in_segment": 0,
                   "plan": None, "iterator": None}
-    if skipped:
+    sums = progress["sums"]
+    if sums["skipped"]:
       logging.warning("epoch %d: %d unreadable training images were skipped (listed above)",
-                      epoch + 1, skipped)
-    record = {"epoch": epoch + 1, "step": int(state.step), "epoch_loss": float(np.mean(losses)),
-              "skipped_images": skipped}
-    return state, {**progress, "epoch": epoch + 1, "segment": 0}, record
+                      epoch + 1, sums["skipped"])
+    record = {"epoch": epoch + 1, "step": int(state.step),
+              "epoch_loss": sums["loss"] / max(sums["steps"], 1), "skipped_images": sums["skipped"]}
+    return state, {**progress, "epoch": epoch + 1, "segment": 0, "sums": fresh_sums()}, record
 
   # ------------------------------------------------------------------ the run
 

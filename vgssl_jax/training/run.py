@@ -19,6 +19,8 @@ from vgssl_jax import data_config, sharding
 from vgssl_jax.config import items_per_step
 from vgssl_jax.evaluation import runner
 from vgssl_jax.evaluation.embedder import Embedder
+from vgssl_jax.evaluation.loading import abstract_variables
+from vgssl_jax.models import registry as models_registry
 from vgssl_jax.objectives import registry
 from vgssl_jax.objectives.base import retrieval_variables
 from vgssl_jax.training import checkpoints
@@ -48,6 +50,10 @@ def check_mesh(config, mesh) -> None:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) and evaluates; writes {"before": ..., "after": ...} to results.json."""
   start = time.perf_counter()
+  objective = registry.build_objective(config)
+  if config.model.pretrained:  # a wrong weights file is reported before anything is written
+    models_registry.check_pretrained(config.model, abstract_variables(
+        objective.model, config.data.image_size))
   checkpoints.check_workdir(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -66,7 +72,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info("train: %s (%d queries with a %g m positive, %d dropped)", train_places.places,
                len(train_places.query_ids), tc.positive_radius, train_places.dropped)
 
-  objective = registry.build_objective(config)
   embedder = Embedder.from_config(config, objective.model, mesh)
   source = EPOCH_SOURCES[registry.entry(config.method).epoch_source](
       config, objective, train_places, embedder)
