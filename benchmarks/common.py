@@ -27,13 +27,17 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def objective(method: str, backbone: str, width: int, fc_output_dim: int, n_layers: int,
-              projection_size: int, dtype: str = "float32"):
+              projection_size: int, dtype: str = "float32", vit: str = "384,12,6",
+              image_size=(224, 224)):
   """The SSL objective of a stage-1 step to time, with the original's augmentation (RRC
-  0.25 and the batch flip: base_config's defaults)."""
+  0.25 and the batch flip: base_config's defaults). `vit`: a DeiT's "embed_dim,depth,heads"."""
   from vgssl_jax.config import base_config
   from vgssl_jax.objectives.registry import build_objective
   c = base_config()
   c.method = method
+  c.data.image_size = tuple(image_size)
+  c.model.vit.embed_dim, c.model.vit.depth, c.model.vit.num_heads = (
+      int(v) for v in vit.split(","))
   c.model.backbone, c.model.width, c.model.dtype = backbone, width, dtype
   c.model.n_layers, c.model.projection_size = n_layers, projection_size
   c.model.fc_output_dim = fc_output_dim

@@ -48,14 +48,24 @@ def main():
   for method, head in (("vicreg", ["--n-layers", "2", "--projection-size", "4096"]),
                        ("simclr", ["--n-layers", "1", "--projection-size", "1024"])):
     for dtype in ("float32", "bfloat16"):
-      r = run("train_step.py", [*net, "--batch", batch, "--method", method, *head, "--dtype", dtype,
-                                "--steps", "10"], 300)
+      r = run("train_step.py", [*net, "--batch", batch, "--method", method, *head, "--dtype",
+                                dtype, "--steps", "10"], 300)
       setting = f"{method} step, {batch} pairs, {dtype}"
       rows.append((setting, "error: " + r["error"]) if "error" in r else
                   (setting, f"{r['ms_per_step']:.0f} ms/step, {r['pairs_per_s']:.0f} pairs/s, "
                             f"compile {r['compile_s']:.0f} s, peak device memory "
                             + (f"{r['peak_device_memory_mb']:.0f} MB"
                                if r.get("peak_device_memory_mb") else "n/a")))
+  deit = (["--backbone", "deit", "--vit", "48,2,2", "--resolution", "64x96"] if a.smoke else
+          ["--backbone", "deit", "--resolution", "480x640"])
+  deit_batch = "8" if a.smoke else "32"
+  for dtype in ("float32", "bfloat16"):  # DeiT-S, the original's 32 pairs at 480x640
+    r = run("train_step.py", [*deit, "--batch", deit_batch, "--fc-output-dim", "256",
+                              "--n-layers", "2", "--projection-size", "4096", "--dtype", dtype,
+                              "--steps", "10"], 300)
+    setting = f"DeiT-S VICReg step, {deit_batch} pairs, {dtype}"
+    rows.append((setting, "error: " + r["error"]) if "error" in r else
+                (setting, f"{r['ms_per_step']:.0f} ms/step, {r['pairs_per_s']:.0f} pairs/s"))
   for dtype in ("float32", "bfloat16"):
     r = run("evaluate.py", [*net, "--batch", eval_batch, "--dtype", dtype, "--no-train-step"], 300)
     rows.append((f"evaluation forward + search, {dtype}", "error: " + r["error"] if "error" in r

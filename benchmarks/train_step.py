@@ -35,10 +35,11 @@ class TorchWorker:
   """benchmarks/torch_step.py in a subprocess: `run(n)` -> n step times (seconds)."""
 
   def __init__(self, python: str, a):
-    depth, _ = parse_backbone(a.backbone)
+    net = ["--deit", a.vit] if a.backbone == "deit" else [
+        "--depth", str(parse_backbone(a.backbone)[0]), "--width", str(a.width)]
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_step.py")
     self.proc = subprocess.Popen(
-        [python, script, "--depth", str(depth), "--width", str(a.width), "--resolution",
+        [python, script, *net, "--resolution",
          a.resolution, "--batch", str(a.batch), "--projection-size", str(a.projection_size),
          "--fc-output-dim", str(a.fc_output_dim), "--dtype", a.dtype],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -59,6 +60,8 @@ def main():
   p.add_argument("--method", default="vicreg")
   p.add_argument("--backbone", default="resnet50conv5")
   p.add_argument("--width", type=int, default=64, help="ResNet channel width (64: torchvision)")
+  p.add_argument("--vit", default="384,12,6",
+                 help="DeiT embed_dim,depth,num_heads (with --backbone deit; DeiT-S default)")
   p.add_argument("--resolution", default="224x224", help="HxW of the input images")
   p.add_argument("--batch", type=int, default=8, help="pairs per step")
   p.add_argument("--n-layers", type=int, default=2)
@@ -81,9 +84,9 @@ def main():
 
   mesh = sharding.make_mesh(a.devices)
   sharding.check_divisible(a.batch, mesh, "--batch")
-  objective = common.objective(a.method, a.backbone, a.width, a.fc_output_dim, a.n_layers,
-                               a.projection_size, a.dtype)
   size = common.parse_size(a.resolution)
+  objective = common.objective(a.method, a.backbone, a.width, a.fc_output_dim, a.n_layers,
+                               a.projection_size, a.dtype, vit=a.vit, image_size=size)
   state, step, batch = common.stage_one_step(objective, size, a.batch, mesh)
 
   t0 = time.perf_counter()

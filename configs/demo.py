@@ -19,6 +19,8 @@ def get_config():
   c.model.fc_output_dim = 256
   c.model.n_layers = 2
   c.model.projection_size = 1024
+  # with --config.model.backbone=deit: a small DeiT (the same blocks as DeiT-S, 96 wide)
+  c.model.vit.update({"embed_dim": 96, "depth": 4, "num_heads": 3})
   c.train.epochs = 8
   c.train.batch_size = 32
   c.train.lr = 1e-3

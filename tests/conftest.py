@@ -85,7 +85,7 @@ def tiny_model_config(**overrides):
   return mc
 
 
-def tiny_network(projector_family: str = "vicreg", **overrides):
-  """GeoLocalizationNet of tiny_model_config(**overrides)."""
+def tiny_network(projector_family: str = "vicreg", image_size=(32, 48), **overrides):
+  """GeoLocalizationNet of tiny_model_config(**overrides) for `image_size` inputs."""
   from vgssl_jax.models.network import build_model
-  return build_model(tiny_model_config(**overrides), projector_family)
+  return build_model(tiny_model_config(**overrides), projector_family, image_size)

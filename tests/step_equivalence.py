@@ -16,13 +16,17 @@ from vgssl_jax.training.state import create_train_state
 from vgssl_jax.training.step import jit_train_step
 
 
-def run(method_name: str, devices: int, batches, plain_sgd: bool = True):
+def run(method_name: str, devices: int, batches, plain_sgd: bool = True, deit: bool = False):
   """Runs len(batches) steps; returns the losses, the state after the first step and the
   number of compilations."""
   c = base_config()
   c.method = method_name
   c.model.backbone, c.model.width = "resnet18conv4", 8
   c.model.fc_output_dim, c.model.projection_size = 16, 32
+  c.data.image_size = (32, 48)
+  if deit:
+    c.model.backbone = "deit"
+    c.model.vit.update(dict(embed_dim=32, depth=1, num_heads=2))
   c.loss.queue_size = 16  # a small queue so that it wraps around within the three steps
   c.train.random_resized_crop, c.train.horizontal_flip = 0.25, True
   mesh = sharding.make_mesh(devices)
@@ -59,8 +63,9 @@ def main():
   rng = np.random.default_rng(0)
   batches = [{k: rng.integers(0, 256, size=(items, 32, 48, 3), dtype=np.uint8) for k in keys}
              for _ in range(3)]
-  l1, s1, compiles_1 = run(method_name, 1, batches)
-  l4, s4, compiles_4 = run(method_name, 4, batches)
+  deit = "--deit" in sys.argv
+  l1, s1, compiles_1 = run(method_name, 1, batches, deit=deit)
+  l4, s4, compiles_4 = run(method_name, 4, batches, deit=deit)
   # everything the first step updates: parameters, BN statistics, method state (EMA, queue)
   diff, scale = max_diff(s1, s4)
   print(json.dumps({"losses_1": l1, "losses_4": l4, "max_state_diff": diff, "max_state": scale,

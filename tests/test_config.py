@@ -40,6 +40,29 @@ def test_method_configs_hold_the_final_settings(method):
   assert c.train.queries_per_epoch == 10000 and c.train.val_every == 10
 
 
+# docs/original.md §Stage-1 recipes, DeiT-S (batch 32, FC 256, 1000 epochs, no augmentation):
+# n_layers, projection, mining, NEG, NEGQ
+FINAL_DEIT = {"simclr": (1, 1024, "partial", 1000, 1), "mocov2": (0, None, "random", 0, 0),
+              "byol": (2, 4096, "random", 0, 0), "simsiam": (2, 4096, "random", 0, 0),
+              "bt": (2, 2048, "partial", 1000, 1), "vicreg": (2, 4096, "partial", 1000, 1)}
+
+
+@pytest.mark.parametrize("method", sorted(FINAL_DEIT))
+def test_deit_configs_hold_the_final_deit_settings(method):
+  c = load(f"{method}_msls_deit")
+  validate(c)
+  n_layers, proj, mode, neg, negq = FINAL_DEIT[method]
+  assert (c.method, c.model.backbone, c.model.fc_output_dim) == (method, "deit", 256)
+  assert (c.model.vit.embed_dim, c.model.vit.depth, c.model.vit.num_heads) == (384, 12, 6)
+  assert (c.model.n_layers, c.train.mining, c.train.neg_samples_num) == (n_layers, mode, neg)
+  assert c.train.negs_num_per_query == negq and c.train.pair_negative
+  if n_layers:
+    assert c.model.projection_size == proj
+  assert c.train.random_resized_crop == 0.0 and not c.train.horizontal_flip
+  assert (c.train.lr, c.train.batch_size, c.train.epochs) == (1e-5, 32, 1000)
+  assert c.data.image_size == (480, 640) and c.eval.split == "val"
+
+
 @pytest.mark.parametrize("method", sorted(FINAL))
 def test_demo_accepts_every_method(method):
   c = load("demo")
@@ -68,6 +91,12 @@ def test_impossible_settings_are_rejected_with_the_fix():
   assert "larger than the partial-mining pool" in bad(
       train__mining="partial", train__neg_samples_num=5, train__negs_num_per_query=10)
   assert "train.mining='hard'" in bad(train__mining="hard")
+  assert "multiples of 16" in bad(model__backbone="deit", data__image_size=(100, 128))
+  c = base_config()
+  c.model.backbone = "deit"
+  c.model.vit.num_heads = 5  # 384 is not a multiple of 5
+  with pytest.raises(ConfigError, match="model.vit.embed_dim=384 must be a positive multiple"):
+    validate(c)
   assert "eval.backend" in bad(eval__backend="annoy")
   assert "model.dtype" in bad(model__dtype="float16")
   assert "train.positive_radius=-1" in bad(train__positive_radius=-1.0)

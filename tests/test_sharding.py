@@ -6,12 +6,12 @@ import pytest
 from tests.conftest import run_python
 
 
-@pytest.mark.parametrize("method,negatives", [
-    ("vicreg", False), ("bt", False), ("simclr", False), ("mocov2", False), ("byol", False),
-    ("simsiam", False), ("simclr", True)])
-def test_one_and_four_devices_give_the_same_step(method, negatives):
-  proc = run_python(["-m", "tests.step_equivalence", method] + (["--negatives"] if negatives else []),
-                    devices=4)
+@pytest.mark.parametrize("method,extra", [
+    ("vicreg", []), ("bt", []), ("simclr", []), ("mocov2", []), ("byol", []),
+    ("simsiam", []), ("simclr", ["--negatives"]), ("vicreg", ["--deit"])],
+    ids=lambda v: v if isinstance(v, str) else "-".join(a[2:] for a in v) or "plain")
+def test_one_and_four_devices_give_the_same_step(method, extra):
+  proc = run_python(["-m", "tests.step_equivalence", method, *extra], devices=4)
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])
   assert r["devices"] == 4

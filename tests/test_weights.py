@@ -601,7 +601,7 @@ def test_training_starts_from_the_pretrained_backbone(method, tmp_path):
   objective = build_objective(c)
   mesh = sharding.make_mesh(1)
   state = create_train_state(objective, make_optimizer(1e-3), 0, (32, 48), mesh)
-  state = with_pretrained_backbone(state, c.model, mesh)
+  state = with_pretrained_backbone(state, c.model, c.data.image_size, mesh)
   got = np.asarray(state.params["net"]["backbone"]["layer1"]["0"]["conv1"]["kernel"])
   np.testing.assert_array_equal(got, weights["layer1.0.conv1.weight"].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(np.asarray(state.batch_stats["net"]["backbone"]["bn1"]["var"]),

@@ -34,14 +34,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed.process_id = 0
 
   c.model = ml_collections.ConfigDict()
-  c.model.backbone = "resnet50conv5"   # resnet{18,50,101}conv{4,5}
-  c.model.width = 64                   # torchvision: 64; narrow variants for tests/demo
-  c.model.fc_output_dim = 1024         # descriptor size D_g
+  c.model.backbone = "resnet50conv5"   # resnet{18,50,101}conv{4,5} | deit (DeiT-S distilled)
+  c.model.width = 64                   # ResNets: torchvision's 64; narrow ones for tests/demo
+  c.model.fc_output_dim = 1024         # descriptor size D_g (DeiT: its two heads' size)
   c.model.n_layers = 2                 # projector depth (0..3); 0 = no projector
   c.model.projection_size = 4096       # projector width P
   c.model.dtype = "float32"            # compute dtype: float32 | bfloat16 (parameters,
                                        # optimizer, BN statistics, losses stay float32)
-  c.model.pretrained = ""              # torchvision ResNet ImageNet weights (.pth/.safetensors)
+  c.model.pretrained = ""              # ImageNet weights of the backbone (.pth/.safetensors):
+                                       # torchvision ResNets; timm's DeiT-S distilled
+  # DeiT (model.backbone=deit): DeiT-S by default; smaller for tests and the demo
+  c.model.vit = ml_collections.ConfigDict(
+      {"embed_dim": 384, "depth": 12, "num_heads": 6, "mlp_ratio": 4.0})
 
   c.data = ml_collections.ConfigDict()
   c.data.root = "datasets"             # holds <name>/images/<split>/{database,queries}
@@ -125,19 +129,34 @@ MSLS_FINAL = {
     "bt": (2, 2048, "partial", 1000, 1, True, 200),
     "vicreg": (2, 4096, "partial", 1000, 1, True, 200),
 }
+# The DeiT-S scripts (`*_deit`): the same layout; no augmentation, 1000 epochs for all
+# (time-capped at 48 h in the original), 32 pairs per step, FC 256.
+MSLS_FINAL_DEIT = {
+    "simclr": (1, 1024, "partial", 1000, 1, False, 1000),
+    "mocov2": (0, 256, "random", 0, 0, False, 1000),
+    "byol": (2, 4096, "random", 0, 0, False, 1000),
+    "simsiam": (2, 4096, "random", 0, 0, False, 1000),
+    "bt": (2, 2048, "partial", 1000, 1, False, 1000),
+    "vicreg": (2, 4096, "partial", 1000, 1, False, 1000),
+}
 
 
-def msls_final(method: str) -> ml_collections.ConfigDict:
-  """The original's final ResNet-50 recipe for `method` on MSLS.
+def msls_final(method: str, backbone: str = "resnet50conv5") -> ml_collections.ConfigDict:
+  """The original's final recipe for `method` on MSLS, with ResNet-50 or DeiT-S.
 
-  Common to all: resnet50conv5 + GeM + FC 1024, Adam lr 1e-5 (constant), 480x640,
-  64 pairs per step, 10,000 queries per epoch, --pair_negative (negatives halve the item
-  batch), validation every 10 epochs on the val split, best checkpoint by R@5.
+  Common to all: Adam lr 1e-5 (constant), 480x640, 10,000 queries per epoch,
+  --pair_negative (negatives halve the item batch), --unfreeze (everything trains),
+  validation every 10 epochs on the val split, best checkpoint by R@5. ResNet-50: GeM +
+  FC 1024, 64 pairs per step. DeiT-S: its two heads of 256, 32 pairs per step.
   """
-  n_layers, proj, mode, neg, negq, aug, epochs = MSLS_FINAL[method]
+  deit = backbone == "deit"
+  n_layers, proj, mode, neg, negq, aug, epochs = (MSLS_FINAL_DEIT if deit else MSLS_FINAL)[method]
   c = base_config()
   c.method = method
   c.data.name = "msls"
+  c.model.backbone = backbone
+  if deit:
+    c.model.fc_output_dim, c.train.batch_size = 256, 32
   c.model.n_layers, c.model.projection_size = n_layers, proj
   c.train.epochs = epochs
   c.train.mining, c.train.neg_samples_num, c.train.negs_num_per_query = mode, neg, negq
@@ -213,6 +232,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"{key}={c[section][name]} must be > 0.")
   if c.train.positive_radius > c.train.negative_radius:
     raise ConfigError("train.positive_radius must not exceed train.negative_radius.")
+  try:
+    registry.check(c.model, size)
+  except ValueError as e:
+    raise ConfigError(f"{e}.") from None
   _check_negatives(c)
   _one_of(c.train.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
   for key in ("patience", "warmup_epochs", "checkpoint_every"):

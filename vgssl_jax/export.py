@@ -29,8 +29,8 @@ def export(checkpoint: str, out: str) -> dict:
   """Writes the checkpoint's retrieval network to `out`; returns what was written."""
   weights_export.check_export_path(out)
   directory, step, meta = checkpoints.read_meta(checkpoint)
-  model = build_network(ml_collections.ConfigDict(meta["model"]), meta["method"])
   image_size = tuple(meta.get("image_size") or (224, 224))
+  model = build_network(ml_collections.ConfigDict(meta["model"]), meta["method"], image_size)
   template = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), image_size))
   variables = checkpoints.restore_variables(
       directory, step, template, jax.sharding.SingleDeviceSharding(jax.devices()[0]))

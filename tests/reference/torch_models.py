@@ -199,12 +199,102 @@ class StageOne(nn.Module):
     return self.projector(self.aggregation(self.backbone(x)))
 
 
+class Attention(nn.Module):
+  """timm 0.5.4's Attention (as the original's DeiT uses it)."""
+
+  def __init__(self, dim, num_heads):
+    super().__init__()
+    self.num_heads, self.scale = num_heads, (dim // num_heads) ** -0.5
+    self.qkv = nn.Linear(dim, dim * 3)
+    self.proj = nn.Linear(dim, dim)
+
+  def forward(self, x):
+    b, n, c = x.shape
+    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+    return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+  def __init__(self, dim, hidden):
+    super().__init__()
+    self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+  def forward(self, x):
+    return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+  def __init__(self, dim, num_heads, mlp_ratio=4.0):
+    super().__init__()
+    self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, num_heads)
+    self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), Mlp(dim, int(dim * mlp_ratio))
+
+  def forward(self, x):
+    x = x + self.attn(self.norm1(x))
+    return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+  def __init__(self, dim):
+    super().__init__()
+    self.proj = nn.Conv2d(3, dim, 16, 16)
+
+  def forward(self, x):
+    return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class DistilledVisionTransformer(nn.Module):
+  """The original's DeiT (timm names): descriptor L2((head(cls) + head_dist(dist)) / 2)."""
+
+  def __init__(self, image_size=(224, 224), num_classes=256, embed_dim=384, depth=12,
+               num_heads=6):
+    super().__init__()
+    grid = (image_size[0] // 16) * (image_size[1] // 16)
+    self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim) * 0.02)
+    self.dist_token = nn.Parameter(torch.randn(1, 1, embed_dim) * 0.02)
+    self.pos_embed = nn.Parameter(torch.randn(1, grid + 2, embed_dim) * 0.02)
+    self.patch_embed = PatchEmbed(embed_dim)
+    self.blocks = nn.Sequential(*[Block(embed_dim, num_heads) for _ in range(depth)])
+    self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+    self.head = nn.Linear(embed_dim, num_classes)
+    self.head_dist = nn.Linear(embed_dim, num_classes)
+
+  def forward(self, x):
+    x = self.patch_embed(x)
+    n = x.shape[0]
+    x = torch.cat([self.cls_token.expand(n, -1, -1), self.dist_token.expand(n, -1, -1), x], 1)
+    x = self.norm(self.blocks(x + self.pos_embed))
+    return F.normalize((self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2, dim=-1)
+
+
+class StageOneDeiT(nn.Module):
+  """The original's DeiT stage-1 network: the DeiT's descriptor, then the VICReg projector."""
+
+  def __init__(self, image_size, fc_output_dim=256, projection_size=4096, **vit):
+    super().__init__()
+    self.backbone = DistilledVisionTransformer(image_size, fc_output_dim, **vit)
+    self.projector = nn.Sequential(nn.Linear(fc_output_dim, projection_size, bias=False),
+                                   nn.BatchNorm1d(projection_size), nn.ReLU(inplace=True),
+                                   nn.Linear(projection_size, projection_size, bias=False))
+
+  def forward(self, x):
+    return self.projector(self.backbone(x))
+
+
 def make_step(depth=50, width=64, fc_output_dim=1024, projection_size=4096, lr=1e-5,
-              dtype: str = "float32"):
-  """A function (view1, view2) -> loss doing the original's optimizer step (NCHW tensors).
+              dtype: str = "float32", deit: dict | None = None):
+  """A function (view1, view2) -> loss doing the original's optimizer step (NCHW tensors):
+  ResNet `depth` (+ GeM + FC), or with `deit` = {"image_size", "embed_dim", "depth",
+  "num_heads"} the DeiT.
 
   bfloat16 runs the forward under CPU autocast (the usual PyTorch mixed precision)."""
-  model = StageOne(depth, width, fc_output_dim, projection_size).train()
+  if deit:
+    model = StageOneDeiT(fc_output_dim=fc_output_dim, projection_size=projection_size,
+                         **deit).train()
+  else:
+    model = StageOne(depth, width, fc_output_dim, projection_size).train()
   optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
   def step(view1, view2):

@@ -189,7 +189,7 @@ def evaluate_model(config, checkpoint: str | None, workdir: str) -> dict:
     loading.adopt_checkpoint_model(config, checkpoint)
   mesh = sharding.make_mesh(config.num_devices)
   eval_sets = open_eval_sets(config)
-  model = registry.build_network(config.model, config.method)
+  model = registry.build_network(config.model, config.method, config.data.image_size)
   if checkpoint:
     loading.check_checkpoint(config, checkpoint, model)  # before any compilation or writing
   os.makedirs(workdir, exist_ok=True)

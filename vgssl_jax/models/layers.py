@@ -27,18 +27,23 @@ def dense_bias_init(fan_in: int):
 
 
 class Dense(nn.Module):
-  """nn.Linear: float32 parameters, computation in `dtype`."""
+  """nn.Linear: float32 parameters, computation in `dtype`. PyTorch's default init unless
+  `kernel_init` / `bias_init` are given (e.g. the transformers' truncated normal)."""
   features: int
   use_bias: bool = True
   dtype: Dtype = jnp.float32
+  kernel_init: Any = None
+  bias_init: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     fan_in = x.shape[-1]
-    kernel = self.param("kernel", dense_kernel_init, (fan_in, self.features), jnp.float32)
+    kernel = self.param("kernel", self.kernel_init or dense_kernel_init,
+                        (fan_in, self.features), jnp.float32)
     y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
-      bias = self.param("bias", dense_bias_init(fan_in), (self.features,), jnp.float32)
+      bias = self.param("bias", self.bias_init or dense_bias_init(fan_in), (self.features,),
+                        jnp.float32)
       y = y + bias.astype(self.dtype)
     return y
 

@@ -56,11 +56,12 @@ class GeoLocalizationNet(nn.Module):
     return out
 
 
-def build_model(model_config, projector_family: str) -> GeoLocalizationNet:
-  """GeoLocalizationNet from the `model` section of a config; `projector_family` is the
-  objective's (objectives.registry)."""
+def build_model(model_config, projector_family: str, image_size) -> GeoLocalizationNet:
+  """GeoLocalizationNet from the `model` section of a config, for (H, W) = image_size
+  training inputs (a ViT's position grid); `projector_family` is the objective's
+  (objectives.registry)."""
   dtype = DTYPES[model_config.dtype]
-  backbone, output = registry.build_backbone(model_config, dtype)
+  backbone, output = registry.build_backbone(model_config, dtype, tuple(image_size))
   aggregation = (Aggregation(model_config.fc_output_dim) if output == registry.FEATURE_MAP
                  else None)
   projector = Projector(projector_family, model_config.n_layers, model_config.projection_size,
@@ -71,4 +72,6 @@ def build_model(model_config, projector_family: str) -> GeoLocalizationNet:
 def init_variables(model: GeoLocalizationNet, key: jax.Array, image_size) -> dict:
   """Parameters and batch statistics for (H, W) = image_size inputs."""
   dummy = jnp.zeros((2, *image_size, 3), jnp.float32)
-  return dict(model.init(key, dummy, train=False))
+  variables = dict(model.init(key, dummy, train=False))
+  variables.setdefault("batch_stats", {})  # a DeiT without BatchNorm in its projector has none
+  return variables

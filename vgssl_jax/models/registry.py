@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from vgssl_jax.models import resnet
+from vgssl_jax.models import deit, resnet
 from vgssl_jax.models.layers import Dtype
-from vgssl_jax.models.weights import torchvision
+from vgssl_jax.models.weights import timm_deit, torchvision
 
 FEATURE_MAP = "feature_map"   # (N, h, w, C): aggregated into the descriptor
 DESCRIPTOR = "descriptor"     # (N, D_g) L2-normalised: the backbone is the whole F_l + F_g
@@ -28,10 +28,13 @@ class BackboneFamily:
   name: str
   names: str                                   # the valid names, for messages
   parse: Callable[[str], dict | None]          # name -> build arguments, None if not ours
-  build: Callable[..., nn.Module]              # (model config, dtype, **arguments) -> module
+  build: Callable[..., nn.Module]  # (model config, dtype, image size, **arguments) -> module
   output: str                                  # FEATURE_MAP or DESCRIPTOR
-  # (weights file, network variables) -> variables with the backbone replaced
-  load_pretrained: Callable[[str, dict], dict]
+  # (weights file, network variables, training image size) -> variables with the backbone
+  # replaced
+  load_pretrained: Callable[[str, dict, tuple[int, int]], dict]
+  # (model config, image size) -> None; ValueError naming the setting if impossible
+  check: Callable[..., None] = lambda model_config, image_size: None
 
 
 def _parse_resnet(name: str) -> dict | None:
@@ -44,10 +47,38 @@ def _parse_resnet(name: str) -> dict | None:
 
 RESNET = BackboneFamily(
     name="resnet", names=resnet.VALID_NAMES, parse=_parse_resnet,
-    build=lambda mc, dtype, depth, last_stage: resnet.ResNet(depth, last_stage, mc.width, dtype),
-    output=FEATURE_MAP, load_pretrained=torchvision.load_torchvision_backbone)
+    build=lambda mc, dtype, image_size, depth, last_stage: resnet.ResNet(
+        depth, last_stage, mc.width, dtype),
+    output=FEATURE_MAP,
+    load_pretrained=lambda path, variables, image_size: torchvision.load_torchvision_backbone(
+        path, variables))
 
-FAMILIES: tuple[BackboneFamily, ...] = (RESNET,)
+
+def _build_deit(mc, dtype, image_size):
+  v = mc.vit
+  return deit.DistilledViT(grid=(image_size[0] // deit.PATCH, image_size[1] // deit.PATCH),
+                           num_classes=mc.fc_output_dim, embed_dim=v.embed_dim, depth=v.depth,
+                           num_heads=v.num_heads, mlp_ratio=v.mlp_ratio, dtype=dtype)
+
+
+def _check_deit(mc, image_size):
+  v = mc.vit
+  if image_size[0] % deit.PATCH or image_size[1] % deit.PATCH:
+    raise ValueError(f"data.image_size={image_size[0]},{image_size[1]}: DeiT cuts 16x16 patches, "
+                     "so height and width must be multiples of 16 (e.g. 480,640)")
+  if min(v.embed_dim, v.depth, v.num_heads) < 1 or v.embed_dim % v.num_heads:
+    raise ValueError(f"model.vit.embed_dim={v.embed_dim} must be a positive multiple of "
+                     f"model.vit.num_heads={v.num_heads}, and model.vit.depth={v.depth} >= 1")
+
+
+DEIT = BackboneFamily(
+    name="deit", names="deit (DeiT-S distilled; sizes in model.vit)",
+    parse=lambda name: {} if name == "deit" else None, build=_build_deit, output=DESCRIPTOR,
+    load_pretrained=lambda path, variables, image_size: timm_deit.load_timm_deit(
+        path, variables, (image_size[0] // deit.PATCH, image_size[1] // deit.PATCH)),
+    check=_check_deit)
+
+FAMILIES: tuple[BackboneFamily, ...] = (RESNET, DEIT)
 
 
 def family(name: str) -> tuple[BackboneFamily, dict]:
@@ -60,20 +91,29 @@ def family(name: str) -> tuple[BackboneFamily, dict]:
   raise ValueError(f"unknown backbone {name!r}; expected one of {valid}")
 
 
-def build_backbone(model_config, dtype: Dtype) -> tuple[nn.Module, str]:
-  """(backbone module, its output kind) for the `model` section of a config."""
+def check(model_config, image_size) -> None:
+  """ValueError naming the setting when the backbone cannot take this config."""
+  fam, _ = family(model_config.backbone)
+  fam.check(model_config, tuple(image_size))
+
+
+def build_backbone(model_config, dtype: Dtype, image_size: tuple[int, int]
+                   ) -> tuple[nn.Module, str]:
+  """(backbone module, its output kind) for the `model` section of a config and (H, W)
+  training inputs."""
   fam, args = family(model_config.backbone)
-  return fam.build(model_config, dtype, **args), fam.output
+  return fam.build(model_config, dtype, image_size, **args), fam.output
 
 
-def check_pretrained(model_config, abstract_variables: dict) -> None:
+def check_pretrained(model_config, abstract_variables: dict, image_size) -> None:
   """Reads `model_config.pretrained` and matches it against the network's shapes (an
   abstract tree is enough): a wrong or damaged file is reported before anything is built."""
-  load_pretrained(model_config, abstract_variables)
+  load_pretrained(model_config, abstract_variables, image_size)
 
 
-def load_pretrained(model_config, variables: dict) -> dict:
+def load_pretrained(model_config, variables: dict, image_size) -> dict:
   """Network `variables` with the backbone from `model_config.pretrained` (ImageNet
-  weights of the backbone's family, from a file the user supplies)."""
+  weights of the backbone's family, from a file the user supplies), for (H, W) training
+  inputs."""
   fam, _ = family(model_config.backbone)
-  return fam.load_pretrained(model_config.pretrained, variables)
+  return fam.load_pretrained(model_config.pretrained, variables, tuple(image_size))

@@ -40,9 +40,10 @@ def entry(name: str) -> ObjectiveEntry:
 def build_objective(config) -> Objective:
   """The objective `config.method` with its network built from `config.model`."""
   e = entry(config.method)
-  return e.cls.from_config(config.method, build_model(config.model, e.projector_family), config)
+  model = build_model(config.model, e.projector_family, config.data.image_size)
+  return e.cls.from_config(config.method, model, config)
 
 
-def build_network(model_config, method: str):
+def build_network(model_config, method: str, image_size):
   """The network alone (evaluation, export): its projector family from the method."""
-  return build_model(model_config, entry(method).projector_family)
+  return build_model(model_config, entry(method).projector_family, image_size)

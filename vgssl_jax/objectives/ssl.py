@@ -108,7 +108,7 @@ class SSLObjective:
     """Train-mode forward of the network: (projection, updated batch stats)."""
     out, updates = self.model.apply({"params": params, "batch_stats": batch_stats}, images,
                                     train=True, mutable=["batch_stats"])
-    return out["projection"], updates["batch_stats"]
+    return out["projection"], updates.get("batch_stats", batch_stats)
 
   def loss(self, params: dict, batch_stats: dict, method_state: dict, batch: dict,
            key: jax.Array) -> tuple[jax.Array, tuple[dict, dict]]:
@@ -154,7 +154,7 @@ class BYOL(SSLObjective):
   def _predict(self, params, batch_stats, z):
     out, updates = self.predictor.apply({"params": params, "batch_stats": batch_stats}, z,
                                         train=True, mutable=["batch_stats"])
-    return out, updates["batch_stats"]
+    return out, updates.get("batch_stats", batch_stats)
 
   def view_loss(self, params, batch_stats, method_state, view1, view2):
     z1, net_stats = self._net(params["net"], batch_stats["net"], view1)

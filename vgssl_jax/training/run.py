@@ -53,7 +53,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   objective = registry.build_objective(config)
   if config.model.pretrained:  # a wrong weights file is reported before anything is written
     models_registry.check_pretrained(config.model, abstract_variables(
-        objective.model, config.data.image_size))
+        objective.model, config.data.image_size), config.data.image_size)
   checkpoints.check_workdir(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -84,8 +84,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def init_state():
     state = trainer.init_state()
-    return with_pretrained_backbone(state, config.model, mesh) if config.model.pretrained \
-        else state
+    if not config.model.pretrained:
+      return state
+    return with_pretrained_backbone(state, config.model, config.data.image_size, mesh)
   state, progress = trainer.resume_or_init(init_state)
 
   def evaluate(state):

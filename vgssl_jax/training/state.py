@@ -51,12 +51,14 @@ def abstract_train_state(objective: Objective, tx: optax.GradientTransformation,
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placed), shapes)
 
 
-def with_pretrained_backbone(state: TrainState, model_config, mesh: Mesh) -> TrainState:
+def with_pretrained_backbone(state: TrainState, model_config, image_size,
+                             mesh: Mesh) -> TrainState:
   """`state` with the network's backbone from `model_config.pretrained` (ImageNet weights
   of the backbone's family). A target copy (BYOL, MoCo) starts as the online network, as
   without weights; Adam's moments are zeros whatever the parameters, so they stay."""
   variables = registry.load_pretrained(model_config, {"params": state.params["net"],
-                                                      "batch_stats": state.batch_stats["net"]})
+                                                      "batch_stats": state.batch_stats["net"]},
+                                       image_size)
   variables = jax.device_put(variables, sharding.replicated(mesh))
   params = {**state.params, "net": variables["params"]}
   batch_stats = {**state.batch_stats, "net": variables["batch_stats"]}

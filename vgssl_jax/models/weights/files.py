@@ -77,13 +77,14 @@ def _torch_load(path: str):
 def unwrap_state(obj, where: str = "the checkpoint") -> State:
   """The flat {name: array} inside a loaded checkpoint object.
 
-  Lightning: `{"state_dict": ...}`; train.py: `{"model_state_dict": ...}`; else the dict
-  itself. A `module.` prefix (DataParallel) is removed from every key that has it.
+  Lightning: `{"state_dict": ...}`; train.py: `{"model_state_dict": ...}`; timm/DeiT
+  releases: `{"model": ...}`; else the dict itself. A `module.` prefix (DataParallel) is
+  removed from every key that has it.
   """
   if not isinstance(obj, dict):
     raise ConfigError(f"{where} holds a {type(obj).__name__}, not a dictionary of tensors; "
                       "save the model's state_dict().")
-  for container in ("state_dict", "model_state_dict"):
+  for container in ("state_dict", "model_state_dict", "model"):
     if isinstance(obj.get(container), dict):
       obj = obj[container]
       break
@@ -97,5 +98,6 @@ def unwrap_state(obj, where: str = "the checkpoint") -> State:
     state[key[len("module."):] if key.startswith("module.") else key] = value
   if not state:
     raise ConfigError(f"{where} holds no tensors (keys: {sorted(obj)[:10]}); expected a state "
-                      "dict, a Lightning checkpoint or a train.py checkpoint.")
+                      "dict, a Lightning checkpoint (state_dict), a train.py checkpoint "
+                      "(model_state_dict) or a timm release (model).")
   return state

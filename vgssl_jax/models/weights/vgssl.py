@@ -37,7 +37,7 @@ AGGREGATION_LAYOUTS = {
     "export": {k: k for k in ("aggregation.gem.p", "aggregation.fc.weight",
                               "aggregation.fc.bias")},
 }
-_DEIT_HINTS = ("cls_token", "dist_token", "pos_embed", "patch_embed", "blocks.")
+_DEIT_HINTS = ("cls_token", "dist_token", "pos_embed", "patch_embed.", "blocks.")
 
 
 def _backbone_name(key: str) -> str:
@@ -51,30 +51,44 @@ def _backbone_name(key: str) -> str:
   return key
 
 
-def canonical_vgssl_state(state: State) -> tuple[State, dict]:
+def is_deit_state(state: State) -> bool:
+  """Whether a state dict holds a DeiT (cls/dist tokens, position embedding, blocks)."""
+  return any(k.removeprefix("backbone.").startswith(_DEIT_HINTS) for k in state)
+
+
+def canonical_vgssl_state(state: State, deit: bool = False) -> tuple[State, dict]:
   """A VG-SSL / exported state dict renamed to our export layout, and a report.
 
-  The report: {"layout": "projector" | "plain" | "export", "loaded": {our name: source
-  key}, "ignored": {reason: [keys]}}. Keys it cannot place are kept (under their own
-  names), so that the strict load lists them.
+  `deit`: whether the target network is a DeiT. The report: {"layout": "projector" |
+  "plain" | "export" | "deit", "loaded": {our name: source key}, "ignored": {reason:
+  [keys]}}. Keys it cannot place are kept (under their own names), so that the strict
+  load lists them.
   """
   keys = set(state)
-  if any(k.startswith("backbone.") and any(h in k for h in _DEIT_HINTS) for k in keys):
-    raise ConfigError("this is a DeiT checkpoint (it has cls_token/pos_embed/blocks keys); only "
-                      "ResNet backbones (resnet{18,50,101}conv{4,5}) can be imported.")
-  # each layout's first key is GeM's p
-  found = [name for name, layout in AGGREGATION_LAYOUTS.items() if next(iter(layout)) in keys]
-  if len(found) != 1:
-    p_keys = ", ".join(next(iter(lay)) for lay in AGGREGATION_LAYOUTS.values())
-    what = f"several GeM layouts ({', '.join(found)})" if found else "no GeM parameter"
-    raise ConfigError(f"the checkpoint has {what}: expected exactly one of {p_keys}. "
-                      "Is it a VG-SSL ResNet + GeM checkpoint (aggregation gem, fc_output_dim "
-                      "set)?")
-  layout = found[0]
-  renames = AGGREGATION_LAYOUTS[layout]
+  if is_deit_state(state) != deit:
+    if deit:
+      raise ConfigError("this is a ResNet checkpoint (no cls_token/pos_embed/blocks keys) but "
+                        "model.backbone=deit: set --config.model.backbone to the checkpoint's "
+                        "ResNet (resnet{18,50,101}conv{4,5}).")
+    raise ConfigError("this is a DeiT checkpoint (it has cls_token/pos_embed/blocks keys) but "
+                      "model.backbone is a ResNet: set --config.model.backbone=deit (and "
+                      "model.vit.* to its sizes).")
   ignored = {"ssl_model.* (SSL wrapper copies)": [], "projector": [],
              "num_batches_tracked": []}
   out, loaded = {}, {}
+  if deit:
+    layout, renames = "deit", {}
+  else:
+    # each layout's first key is GeM's p
+    found = [name for name, lay in AGGREGATION_LAYOUTS.items() if next(iter(lay)) in keys]
+    if len(found) != 1:
+      p_keys = ", ".join(next(iter(lay)) for lay in AGGREGATION_LAYOUTS.values())
+      what = f"several GeM layouts ({', '.join(found)})" if found else "no GeM parameter"
+      raise ConfigError(f"the checkpoint has {what}: expected exactly one of {p_keys}. "
+                        "Is it a VG-SSL ResNet + GeM checkpoint (aggregation gem, "
+                        "fc_output_dim set)?")
+    layout = found[0]
+    renames = AGGREGATION_LAYOUTS[layout]
   for key in sorted(keys):
     if key.startswith("ssl_model."):
       ignored["ssl_model.* (SSL wrapper copies)"].append(key)
@@ -82,24 +96,48 @@ def canonical_vgssl_state(state: State) -> tuple[State, dict]:
     if key.endswith("num_batches_tracked"):
       ignored["num_batches_tracked"].append(key)
       continue
-    if (layout == "projector" and key.startswith("aggregation.1.")) or key.startswith(
-        "projector."):
+    # the projector: DeiT's aggregation is the identity, so aggregation.1.* is the projector
+    if ((layout in ("projector", "deit") and key.startswith("aggregation.")) or
+        key.startswith("projector.")):
       ignored["projector"].append(key)
       continue
-    name = _backbone_name(key) if key.startswith("backbone.") else renames.get(key, key)
+    if deit:
+      # Lightning: backbone.<timm name>; train.py's bare DeiT: <timm name>
+      name = key if key.startswith("backbone.") else f"backbone.{key}"
+    else:
+      name = _backbone_name(key) if key.startswith("backbone.") else renames.get(key, key)
     out[name] = state[key]
     loaded[name] = key
   return out, {"layout": layout, "loaded": loaded,
                "ignored": {k: v for k, v in ignored.items() if v}}
 
 
+def _check_position_grid(canonical: State, target: dict) -> None:
+  want = target["params"]["backbone"]["pos_embed"].shape
+  got = canonical.get("backbone.pos_embed")
+  if got is not None and got.shape[1] != want[1]:
+    raise ConfigError(
+        f"the checkpoint's position embedding is for {got.shape[1] - 2} patches, this model's "
+        f"for {want[1] - 2}: set --config.data.image_size to the size the checkpoint was "
+        "trained at (VG-SSL trains DeiT at 480,640: 1200 patches of 16x16).")
+  if got is not None and got.shape[2] != want[2]:
+    raise ConfigError(f"the checkpoint's DeiT is {got.shape[2]} wide, this model "
+                      f"{want[2]}: set --config.model.vit.embed_dim={got.shape[2]} (and "
+                      "model.vit.depth / num_heads to the checkpoint's).")
+
+
 def import_vgssl_state(state: State, variables: dict) -> tuple[dict, dict]:
-  """(variables, report): backbone + GeM + FC of a VG-SSL state dict loaded into
-  GeoLocalizationNet `variables` (the projector keeps its values). See `import_vgssl_checkpoint`."""
-  canonical, report = canonical_vgssl_state(state)
+  """(variables, report): the retrieval network (backbone + GeM + FC, or the DeiT) of a
+  VG-SSL state dict loaded into GeoLocalizationNet `variables` (the projector keeps its
+  values). See `import_vgssl_checkpoint`."""
+  deit = "pos_embed" in variables["params"]["backbone"]
+  canonical, report = canonical_vgssl_state(state, deit)
   target = subtrees(variables, ("backbone", "aggregation"))
-  loaded = from_torch_state(canonical, target, "Check model.backbone, model.width and "
-                            "model.fc_output_dim against the checkpoint's training settings.")
+  if deit:
+    _check_position_grid(canonical, target)
+  loaded = from_torch_state(canonical, target, "Check model.backbone, model.width (model.vit.* "
+                            "for DeiT) and model.fc_output_dim against the checkpoint's training "
+                            "settings.")
   return replace_subtrees(variables, loaded), report
 
 
@@ -108,7 +146,8 @@ def import_vgssl_checkpoint(path: str, variables: dict) -> dict:
 
   Accepts the original's Lightning (`train_ssl.py`) and `train.py` checkpoints, with
   Sequential-index (`backbone.0.weight`) or torchvision-named (`backbone.conv1.weight`)
-  backbones, and files written by `export_descriptor_model`. `ssl_model.*` and projector
+  ResNets or DeiTs (timm names, under `backbone.` or bare), and files written by
+  `export_descriptor_model`. `ssl_model.*` and projector
   tensors are ignored; every other tensor must find its place. Logs what was loaded.
   The loaded subtrees hold NumPy arrays (place them with jax.device_put).
   """

@@ -1,0 +1,11 @@
+"""vicreg with DeiT-S: the original's final DeiT setting on MSLS (config.MSLS_FINAL_DEIT).
+
+  python -m vgssl_jax.main --config configs/vicreg_msls_deit.py --workdir runs/vicreg_msls_deit \
+      --config.data.root=/path/to/datasets --config.model.pretrained=deit_small_distilled.pth
+"""
+
+from vgssl_jax.config import msls_final
+
+
+def get_config():
+  return msls_final("vicreg", backbone="deit")

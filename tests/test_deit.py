@@ -1,0 +1,220 @@
+"""DeiT-S distilled: the original's outputs (golden files of its own code), weights in and
+out, the attention formula, every SSL method, and bad input."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import run_python, tiny_model_config, tiny_overrides
+from tests.test_main import assert_clean_error, main_args
+from vgssl_jax.errors import ConfigError
+from vgssl_jax.models.network import build_model, init_variables
+from vgssl_jax.models.weights import timm_deit, vgssl
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden")
+
+
+def golden(name):
+  with np.load(os.path.join(GOLDEN, name)) as data:
+    return {k: data[k] for k in data.files}
+
+
+def deit_config(embed_dim=48, depth=2, num_heads=2, fc=16, **model):
+  mc = tiny_model_config(backbone="deit", fc_output_dim=fc, **model)
+  mc.vit.update(dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads))
+  return mc
+
+
+def deit_net(image_size=(64, 96), **kw):
+  return build_model(deit_config(**kw), "vicreg", image_size)
+
+
+def abstract(net, image_size=(64, 96)):
+  return jax.eval_shape(lambda: init_variables(net, jax.random.PRNGKey(0), image_size))
+
+
+@pytest.mark.parametrize("layout", ["lightning", "bare"])
+def test_descriptors_equal_the_original_deit(layout):
+  """deit_retrieval.npz: weights by the original's names -> our network -> its descriptors.
+  `lightning`: the stage-1 checkpoint's backbone.* keys (plus a projector, ignored);
+  `bare`: train.py's DeiT, keys without a prefix."""
+  g = golden("deit_retrieval.npz")
+  state = {k[2:]: v for k, v in g.items() if k.startswith("w/")}
+  if layout == "lightning":
+    state = {f"backbone.{k}": v for k, v in state.items()}
+    state["aggregation.1.0.weight"] = np.zeros((24, 16), np.float32)
+  net = deit_net()
+  variables, report = vgssl.import_vgssl_state(state, jax.tree.map(
+      lambda s: np.zeros(s.shape, s.dtype), abstract(net)))
+  assert report["layout"] == "deit"
+  got = net.apply(variables, jnp.asarray(g["images"].transpose(0, 2, 3, 1)), train=False,
+                  project=False)["descriptor"]
+  np.testing.assert_allclose(got, g["descriptors"], atol=2e-5)
+
+
+def test_position_grid_resize_equals_the_original():
+  g = golden("pos_embed_resize.npz")
+  up = timm_deit.resize_pos_embed(g["pos_embed"], tuple(g["grid"]))
+  down = timm_deit.resize_pos_embed(g["pos_embed"], tuple(g["grid_down"]))
+  np.testing.assert_allclose(up, g["resized"], atol=3e-6)
+  # downsampling without antialias, as torchvision 0.13's tensor resize: not the antialiased
+  np.testing.assert_allclose(down, g["resized_down"], atol=3e-6)
+  assert np.abs(down - g["resized_down_antialias"]).max() > 0.1
+
+
+def test_attention_equals_the_plain_softmax_formula():
+  """jax.nn.dot_product_attention in a block = softmax(q k^T / sqrt(d)) v in float64."""
+  from vgssl_jax.models.deit import Attention
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 7, 12)).astype(np.float32)
+  attn = Attention(12, 3)
+  v = attn.init(jax.random.PRNGKey(1), jnp.asarray(x))
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), v["params"])
+  qkv = x.astype(np.float64) @ p["qkv"]["kernel"] + p["qkv"]["bias"]
+  q, k, val = qkv.reshape(2, 7, 3, 3, 4).transpose(2, 0, 3, 1, 4)  # (3, N, heads, T, d)
+  logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(4)
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  out = (w @ val).transpose(0, 2, 1, 3).reshape(2, 7, 12)
+  want = out @ p["proj"]["kernel"] + p["proj"]["bias"]
+  np.testing.assert_allclose(attn.apply(v, jnp.asarray(x)), want, rtol=1e-5, atol=1e-5)
+
+
+def timm_checkpoint(embed_dim=48, depth=2, seed=0):
+  """A deit_small_distilled_patch16_224-shaped state dict (14x14 grid, 1000-way heads)."""
+  net = build_model(deit_config(embed_dim=embed_dim, depth=depth, fc=1000), "vicreg", (224, 224))
+  from vgssl_jax.models.weights.names import to_torch_state
+  shapes = abstract(net, (224, 224))
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes["params"])
+  state = {k[len("backbone."):]: np.ascontiguousarray(v)  # safetensors writes raw buffers
+           for k, v in to_torch_state({"backbone": params["backbone"]}).items()}
+  assert state["pos_embed"].shape == (1, 198, embed_dim) and state["head.weight"].shape[0] == 1000
+  return state
+
+
+def test_imagenet_weights_load_with_the_original_resize_and_head_slicing(tmp_path):
+  from safetensors.numpy import save_file
+  state = timm_checkpoint()
+  path = str(tmp_path / "deit_small_distilled_patch16_224.safetensors")
+  save_file(state, path)
+  net = deit_net()  # 64x96: a 4x6 grid
+  variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract(net))
+  loaded = timm_deit.load_timm_deit(path, variables, (4, 6))["params"]["backbone"]
+  np.testing.assert_array_equal(loaded["pos_embed"],
+                                timm_deit.resize_pos_embed(state["pos_embed"], (4, 6)))
+  for head in ("head", "head_dist"):  # both from the first 16 rows of `head`
+    np.testing.assert_array_equal(loaded[head]["kernel"], state["head.weight"][:16].T)
+    np.testing.assert_array_equal(loaded[head]["bias"], state["head.bias"][:16])
+  np.testing.assert_array_equal(loaded["blocks"]["1"]["mlp"]["fc1"]["kernel"],
+                                state["blocks.1.mlp.fc1.weight"].T)
+  np.testing.assert_array_equal(loaded["patch_embed"]["proj"]["kernel"],
+                                state["patch_embed.proj.weight"].transpose(2, 3, 1, 0))
+  with pytest.raises(ConfigError, match="model.vit.embed_dim"):
+    timm_deit.load_timm_deit(path, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract(
+        deit_net(embed_dim=32))), (4, 6))
+
+
+def test_wrong_checkpoints_are_clear_errors():
+  g = golden("deit_retrieval.npz")
+  state = {f"backbone.{k[2:]}": v for k, v in g.items() if k.startswith("w/")}
+  other_grid = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                            abstract(deit_net((32, 64)), (32, 64)))
+  with pytest.raises(ConfigError, match="24 patches, this model's for 8: set --config.data"):
+    vgssl.import_vgssl_state(state, other_grid)
+  with pytest.raises(ConfigError, match="48 wide, this model 32"):
+    vgssl.import_vgssl_state(state, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                                                 abstract(deit_net(embed_dim=32, num_heads=2))))
+  resnet = build_model(tiny_model_config(), "vicreg", (32, 48))
+  resnet_vars = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract(resnet, (32, 48)))
+  with pytest.raises(ConfigError, match="DeiT checkpoint .* set --config.model.backbone=deit"):
+    vgssl.import_vgssl_state(state, resnet_vars)
+  with pytest.raises(ConfigError, match="ResNet checkpoint .* model.backbone=deit"):
+    vgssl.import_vgssl_state({"backbone.0.weight": np.zeros((8, 3, 7, 7), np.float32),
+                              "aggregation.0.1.p": np.ones(1, np.float32)},
+                             jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                                          abstract(deit_net())))
+
+
+@pytest.mark.parametrize("method,dtype,accumulate", [
+    ("vicreg", "float32", 1), ("bt", "float32", 1), ("simclr", "float32", 1),
+    ("mocov2", "float32", 1), ("byol", "float32", 1), ("simsiam", "float32", 1),
+    ("vicreg", "bfloat16", 2)])
+def test_every_method_trains_a_deit(method, dtype, accumulate):
+  from vgssl_jax import sharding
+  from vgssl_jax.config import base_config
+  from vgssl_jax.objectives.registry import build_objective
+  from vgssl_jax.training.optimizer import make_optimizer
+  from vgssl_jax.training.state import create_train_state
+  from vgssl_jax.training.step import jit_train_step
+  c = base_config()
+  c.method = method
+  c.model = deit_config(embed_dim=32, depth=1, fc=16, n_layers=1 if method in (
+      "simclr", "mocov2") else 2, projection_size=24, dtype=dtype)
+  c.data.image_size = (32, 48)
+  c.loss.queue_size = 16
+  objective = build_objective(c)
+  mesh = sharding.make_mesh(1)
+  tx = make_optimizer(1e-3)
+  state = create_train_state(objective, tx, 0, (32, 48), mesh)
+  step = jit_train_step(objective, tx, mesh, accumulate)
+  rng = np.random.default_rng(0)
+  before = jax.device_get(state.params["net"]["backbone"]["pos_embed"])
+  for _ in range(2):
+    batch = {k: rng.integers(0, 256, size=(4, 32, 48, 3), dtype=np.uint8)
+             for k in ("query", "positive", "negative")}
+    state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+  assert step._cache_size() == 1
+  # everything trains (the original's --unfreeze): the position embedding moved
+  assert np.abs(np.asarray(state.params["net"]["backbone"]["pos_embed"]) - before).max() > 0
+
+
+DEIT_ARGS = ["--config.model.backbone=deit", "--config.data.image_size=32,48",
+             "--config.model.vit.embed_dim=32", "--config.model.vit.depth=1",
+             "--config.model.vit.num_heads=2"]
+
+
+def test_deit_trains_evaluates_and_exports_end_to_end(tiny_root, tmp_path):
+  run = str(tmp_path / "run")
+  proc = run_python(main_args(run, *tiny_overrides(tiny_root), *DEIT_ARGS,
+                              "--config.train.val_every=1"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  after = json.load(open(os.path.join(run, "results.json")))["after"]["synthetic"]
+  assert 0 <= after["recall@1"] <= after["recall@5"] <= 100
+  out = str(tmp_path / "eval")
+  # five crops of 32x32: the 2x3 position grid is resized to 2x2 for them
+  proc = run_python(["-m", "vgssl_jax.evaluate", "--config=configs/demo.py", f"--workdir={out}",
+                     *tiny_overrides(tiny_root), f"--checkpoint={run}",
+                     "--config.eval.test_method=five_crops"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.load(open(os.path.join(out, "results.json")))["synthetic"]["test_method"] == \
+      "five_crops"
+  exported = str(tmp_path / "deit.safetensors")
+  proc = run_python(["-m", "vgssl_jax.export", f"--checkpoint={run}", f"--out={exported}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  from vgssl_jax.models.weights.files import load_state_dict
+  names = load_state_dict(exported)
+  assert {"backbone.cls_token", "backbone.pos_embed", "backbone.blocks.0.attn.qkv.weight",
+          "backbone.head_dist.bias"} <= set(names)
+  hard = str(tmp_path / "eval_export")
+  proc = run_python(["-m", "vgssl_jax.evaluate", "--config=configs/demo.py", f"--workdir={hard}",
+                     *tiny_overrides(tiny_root), f"--checkpoint={exported}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for n in (1, 5):
+    assert json.load(open(os.path.join(hard, "results.json")))["synthetic"][f"recall@{n}"] == \
+        after[f"recall@{n}"]
+
+
+def test_a_resnet_file_for_a_deit_config_is_refused_before_any_work(tmp_path, tiny_root):
+  from safetensors.numpy import save_file
+  path = str(tmp_path / "resnet.safetensors")
+  save_file({"conv1.weight": np.zeros((8, 3, 7, 7), np.float32)}, path)
+  proc = run_python(main_args(str(tmp_path / "run"), *tiny_overrides(tiny_root), *DEIT_ARGS,
+                              f"--config.model.pretrained={path}"))
+  assert_clean_error(proc, "not a timm DeiT checkpoint")
+  assert not os.path.exists(tmp_path / "run" / "config.json")
