@@ -44,9 +44,10 @@ def objective(method: str, backbone: str, width: int, fc_output_dim: int, n_laye
   return build_objective(c)
 
 
-def stage_one_step(objective, size: tuple[int, int], pairs: int, mesh, seed: int = 0):
-  """(state, jitted step, batch of `pairs` random uint8 pairs): the stage-1 step to time,
-  with Adam."""
+def stage_one_step(objective, size: tuple[int, int], pairs: int, mesh, seed: int = 0,
+                   negatives: int = 0):
+  """(state, jitted step, batch of `pairs` random uint8 pairs, or of `pairs` query tuples
+  with `negatives` negatives each for the supervised objectives): the step to time, Adam."""
   import numpy as np
   from vgssl_jax import sharding
   from vgssl_jax.training.optimizer import make_optimizer
@@ -56,8 +57,11 @@ def stage_one_step(objective, size: tuple[int, int], pairs: int, mesh, seed: int
   state = create_train_state(objective, tx, 0, size, mesh)
   step = jit_train_step(objective, tx, mesh)
   rng = np.random.default_rng(seed)
-  batch = sharding.shard_batch({k: rng.integers(0, 256, size=(pairs, *size, 3), dtype=np.uint8)
-                                for k in ("query", "positive")}, mesh)
+  batch = {k: rng.integers(0, 256, size=(pairs, *size, 3), dtype=np.uint8)
+           for k in ("query", "positive")}
+  if negatives:
+    batch["negatives"] = rng.integers(0, 256, size=(pairs, negatives, *size, 3), dtype=np.uint8)
+  batch = sharding.shard_batch(batch, mesh)
   return state, step, batch
 
 

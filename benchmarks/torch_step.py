@@ -32,6 +32,7 @@ def main():
   p.add_argument("--fc-output-dim", type=int, default=1024)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--deit", default="", help="embed_dim,depth,num_heads: the DeiT step")
+  p.add_argument("--triplet", type=int, default=0, help="M > 0: train.py's triplet step")
   a = p.parse_args()
   h, w = common.parse_size(a.resolution)
   torch.manual_seed(0)
@@ -40,8 +41,8 @@ def main():
     dim, depth, heads = (int(v) for v in a.deit.split(","))
     deit = {"image_size": (h, w), "embed_dim": dim, "depth": depth, "num_heads": heads}
   step = make_step(a.depth, a.width, a.fc_output_dim, a.projection_size, dtype=a.dtype,
-                   deit=deit)
-  x = torch.randn(a.batch, 3, h, w)
+                   deit=deit, triplet_negatives=a.triplet)
+  x = torch.randn(a.batch * (1 + a.triplet), 3, h, w) if a.triplet else torch.randn(a.batch, 3, h, w)
   y = torch.randn(a.batch, 3, h, w)
   print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}),
         flush=True)

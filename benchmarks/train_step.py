@@ -41,7 +41,8 @@ class TorchWorker:
     self.proc = subprocess.Popen(
         [python, script, *net, "--resolution",
          a.resolution, "--batch", str(a.batch), "--projection-size", str(a.projection_size),
-         "--fc-output-dim", str(a.fc_output_dim), "--dtype", a.dtype],
+         "--fc-output-dim", str(a.fc_output_dim), "--dtype", a.dtype,
+         *(["--triplet", str(a.negatives)] if a.method == "triplet" else [])],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     self.info = json.loads(self.proc.stdout.readline())
 
@@ -72,6 +73,8 @@ def main():
   p.add_argument("--warmup", type=int, default=4)
   p.add_argument("--steps", type=int, default=5, help="timed steps per round")
   p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (with --compare-torch)")
+  p.add_argument("--negatives", type=int, default=2,
+                 help="M negatives per query tuple (triplet, sare_ind, sare_joint)")
   p.add_argument("--compare-torch", action="store_true")
   p.add_argument("--torch-python", default=sys.executable,
                  help="a Python with torch installed, for --compare-torch")
@@ -79,15 +82,17 @@ def main():
   a = p.parse_args()
   if a.warmup < 3:
     p.error("--warmup must be >= 3: the first steps after compilation are not steady state")
-  if a.compare_torch and a.method != "vicreg":
-    p.error("--compare-torch times the VICReg step")
+  if a.compare_torch and a.method not in ("vicreg", "triplet"):
+    p.error("--compare-torch times the VICReg and the triplet steps")
 
   mesh = sharding.make_mesh(a.devices)
   sharding.check_divisible(a.batch, mesh, "--batch")
   size = common.parse_size(a.resolution)
   objective = common.objective(a.method, a.backbone, a.width, a.fc_output_dim, a.n_layers,
                                a.projection_size, a.dtype, vit=a.vit, image_size=size)
-  state, step, batch = common.stage_one_step(objective, size, a.batch, mesh)
+  supervised = a.method in ("triplet", "sare_ind", "sare_joint")
+  state, step, batch = common.stage_one_step(objective, size, a.batch, mesh,
+                                             negatives=a.negatives if supervised else 0)
 
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
@@ -121,7 +126,8 @@ def main():
       "method": a.method, "backbone": a.backbone, "width": a.width, "image_size": list(size),
       "batch_pairs": a.batch, "dtype": a.dtype, "devices": mesh.devices.size,
       "compile_s": compile_s, "ms_per_step": ms, "pairs_per_s": a.batch / ms * 1000,
-      "images_per_s": 2 * a.batch / ms * 1000, "step_s_all": ours,
+      "images_per_s": (2 + (a.negatives if supervised else 0)) * a.batch / ms * 1000,
+      "step_s_all": ours,
       "peak_device_memory_mb": None if peak is None else peak / 2 ** 20,
       "peak_host_memory_mb": common.peak_host_memory_mb(),
   }

@@ -26,6 +26,8 @@ def get_config():
   c.train.lr = 1e-3
   c.train.queries_per_epoch = 1200
   c.train.infer_batch_size = 128
+  # --config.method=triplet (or sare_ind, sare_joint): per epoch two mining rounds of
+  # train.cache_refresh_rate = 1000 queries (the original samples a full round each time)
   c.train.val_every = 0
   # MoCo (--config.method=mocov2): a queue of the demo's scale (the original's 65,536 keys
   # would outlast the demo's 9,600 keys, leaving the random initial queue as negatives)

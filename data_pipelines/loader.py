@@ -37,11 +37,14 @@ class _LoadItem(grain.transforms.Map):
   database: images.ImageSource
   size: tuple[int, int]
   draft: bool = True
+  stack_negatives: bool = False  # "negatives" (M, h, w, 3) instead of one "negative"
 
   def _load(self, item) -> dict:
     load = lambda source, i: images.load_image(source, i, self.size, self.draft)
     out = {"query": load(self.query_images, item[0]), "positive": load(self.database, item[1])}
-    if len(item) > 2:
+    if self.stack_negatives:
+      out["negatives"] = np.stack([load(self.database, i) for i in item[2:]])
+    elif len(item) > 2:
       out["negative"] = load(self.database, item[2])
     return out
 
@@ -151,6 +154,18 @@ def pair_dataset(places: PlaceDataset, items: np.ndarray, local_batch: int,
   load = _LoadItem(np.asarray(items), images.ConcatImages(places.images("queries"),
                                                           places.images("database")),
                    places.images("database"), tuple(options.image_size), options.jpeg_draft)
+  dataset = grain.MapDataset.source(np.arange(len(items))).map(load).batch(
+      local_batch, drop_remainder=True)
+  return _iterate(dataset, options)
+
+
+def tuple_dataset(places: PlaceDataset, items: np.ndarray, local_batch: int,
+                  options: LoaderOptions) -> grain.IterDataset:
+  """Batches of the supervised path's tuples {"query", "positive": (local_batch, H, W, 3),
+  "negatives": (local_batch, M, H, W, 3) uint8, "skipped"}; items: (n, 2 + M) rows
+  (query, positive, negatives...) of query / database indices, in order."""
+  load = _LoadItem(np.asarray(items), places.images("queries"), places.images("database"),
+                   tuple(options.image_size), options.jpeg_draft, stack_negatives=True)
   dataset = grain.MapDataset.source(np.arange(len(items))).map(load).batch(
       local_batch, drop_remainder=True)
   return _iterate(dataset, options)

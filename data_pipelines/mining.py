@@ -16,12 +16,13 @@ the device), so this module never imports the learning system.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
-from data_pipelines.places import Neighbors, TrainPlaces
+from data_pipelines.places import DatasetError, Neighbors, TrainPlaces
 
 # (part, indices) -> (len(indices), D) features; a row of NaN marks an unreadable image
 EmbedFn = Callable[[str, np.ndarray], np.ndarray]
@@ -40,6 +41,11 @@ class NeighborSearch(Protocol):
                  k: int) -> tuple[np.ndarray, np.ndarray]:
     """k-NN where query q never returns the database rows excluded[q] (-1 padded):
     (distances, inf where fewer than k rows are allowed; indices), ascending."""
+
+  def knn_among(self, queries: np.ndarray, features: np.ndarray, candidates: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the k nearest rows of `features` among its candidates (Q, P), -1 padded:
+    (chosen indices into features, -1 past a short row; squared distances), ascending."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,3 +227,145 @@ def pick_negatives(batches: np.ndarray, negatives: np.ndarray) -> np.ndarray:
       picked.add(int(choice))
       out[s, j] = choice
   return out
+
+
+# ----------------------------------------------------------------------------- triplets
+# The supervised path's mining (docs/original.md §Supervised training; the benchmark's
+# datasets_ws.TripletsDataset): per cache refresh, `queries` sampled training queries, each
+# with its best positive (nearest in feature space among its 10 m positives) and the M
+# hardest negatives (outside its 25 m soft positives) by the mode:
+#   random         M random database images
+#   partial        the M nearest among one random pool of neg_samples_num database images
+#   full           the M nearest among neg_samples_num random database images drawn for the
+#                  query plus its hardest negatives of the previous refresh (`neg_cache`)
+#   msls_weighted  partial, with night and sideways queries sampled more often
+TRIPLET_MINING_MODES = ("random", "partial", "full", "msls_weighted")
+
+
+@dataclasses.dataclass(frozen=True)
+class TripletMiningConfig:
+  queries: int                    # queries per refresh (cache_refresh_rate)
+  mode: str = "partial"
+  neg_samples_num: int = 1000
+  negs_num_per_query: int = 10    # M
+
+
+@dataclasses.dataclass(frozen=True)
+class Triplets:
+  """One cache refresh's tuples: query `queries[i]`, database positive `positives[i]` and
+  database negatives `negatives[i]` (M), hardest first (random order for random mining)."""
+  queries: np.ndarray      # (n,) indices into places.queries_paths
+  positives: np.ndarray    # (n,)
+  negatives: np.ndarray    # (n, M)
+
+
+def msls_weights(train: TrainPlaces) -> np.ndarray:
+  """msls_weighted's sampling probabilities of the training queries: 1 each, plus Q/#night
+  for night queries and Q/#sideways for sideways ones, normalised (the benchmark's rule).
+
+  Night and view direction come from the raw MSLS CSVs (extras "queries_night",
+  "queries_view_direction") or from `@` file names' note field (day|night_forward|
+  backward|sideways_city, as VPR-datasets-downloader writes MSLS)."""
+  places = train.places
+  extras = places.extras
+  if "queries_night" in extras and "queries_view_direction" in extras:
+    night = np.asarray(extras["queries_night"], bool)
+    sideways = np.char.lower(np.asarray(extras["queries_view_direction"], str)) == "sideways"
+  else:
+    notes = [os.path.basename(p).split("@")[-2] if p.count("@") >= 15 else ""
+             for p in places.queries_paths]
+    fields = [n.split("_") for n in notes]
+    if not all(len(f) >= 2 for f in fields):
+      raise DatasetError(
+          f"train.mining=msls_weighted needs each query's night and view direction, which "
+          f"{places} has not: they come from raw MSLS (postprocessed.csv) or from the note "
+          "field of VPR-datasets-downloader's MSLS file names. Use train.mining=partial.")
+    night = np.array([f[0] == "night" for f in fields])
+    sideways = np.array([f[1] == "sideways" for f in fields])
+  night, sideways = night[train.query_ids], sideways[train.query_ids]
+  if not night.any() or not sideways.any():
+    raise DatasetError(f"train.mining=msls_weighted: {places} has {int(night.sum())} night and "
+                       f"{int(sideways.sum())} sideways training queries; it needs both.")
+  n = len(night)
+  weights = np.ones(n)
+  weights[night] += n / night.sum()
+  weights[sideways] += n / sideways.sum()
+  return weights / weights.sum()
+
+
+def _random_subset_rows(rng: np.random.Generator, rows: int, population: int,
+                        size: int) -> np.ndarray:
+  """(rows, size) distinct random indices per row (full mining's per-query draws)."""
+  size = min(size, population)
+  return np.stack([rng.choice(population, size, replace=False) for _ in range(rows)])
+
+
+def compute_triplets(train: TrainPlaces, embed: EmbedFn, rng: np.random.Generator,
+                     config: TripletMiningConfig, search: NeighborSearch,
+                     neg_cache: dict[int, np.ndarray] | None = None,
+                     weights: np.ndarray | None = None) -> Triplets:
+  """One cache refresh's triplets; see the notes above. `neg_cache` ({query index: its
+  previous hardest negatives}) is read and updated by full mining; `weights` are
+  msls_weighted's sampling probabilities over train.query_ids."""
+  if config.mode not in TRIPLET_MINING_MODES:
+    raise ValueError(f"unknown mining mode {config.mode!r}; expected one of "
+                     f"{TRIPLET_MINING_MODES}")
+  num_db, m = train.places.num_database, config.negs_num_per_query
+  n_train = len(train.query_ids)
+  if config.mode == "msls_weighted":
+    rows = rng.choice(n_train, size=min(config.queries, n_train), replace=False, p=weights)
+  else:
+    rows = sample_queries(rng, n_train, config.queries)
+  query_ids = train.query_ids[rows]
+  hard = train.hard_positives.subset(rows).padded(fill=-1)
+  soft = train.soft_positives.subset(rows)
+  pool = np.zeros(0, np.int64)
+  if config.mode in ("partial", "msls_weighted"):
+    pool = np.sort(rng.choice(num_db, size=min(config.neg_samples_num, num_db), replace=False))
+  elif config.mode == "full":
+    pool = np.arange(num_db)
+  db_ids = np.unique(np.concatenate([hard[hard >= 0], pool]))
+  unique_q, q_inverse = np.unique(query_ids, return_inverse=True)
+  q_feats = embed("queries", unique_q)[q_inverse]
+  db_feats = embed("database", db_ids)
+  db_ok = np.isfinite(db_feats).all(axis=1)
+  local = np.where(hard >= 0, np.searchsorted(db_ids, np.maximum(hard, 0)), -1)
+  local = np.where((local >= 0) & db_ok[np.maximum(local, 0)], local, -1)
+  keep = np.isfinite(q_feats).all(axis=1) & (local >= 0).any(axis=1)
+  if not keep.any():
+    raise ValueError("no sampled query of this refresh has a readable image and a readable "
+                     "positive; check the training images.")
+  query_ids, q_feats, local = query_ids[keep], q_feats[keep], local[keep]
+  soft = soft.subset(np.flatnonzero(keep))
+  best, _ = search.nearest_among(q_feats, db_feats, local)
+  positives = db_ids[best]
+  if config.mode == "random":
+    return Triplets(query_ids, positives, random_negatives(rng, num_db, soft, m))
+  pool = pool[db_ok[np.searchsorted(db_ids, pool)]]
+  if config.mode != "full":
+    pool_feats = db_feats[np.searchsorted(db_ids, pool)]
+    return Triplets(query_ids, positives,
+                    hard_negatives(q_feats, pool_feats, pool, soft, m, search))
+  # full: the query's own random draw (soft positives removed) and its previous negatives
+  neg_cache = {} if neg_cache is None else neg_cache
+  draws = _random_subset_rows(rng, len(query_ids), num_db, config.neg_samples_num)
+  readable = np.zeros(num_db, bool)
+  readable[db_ids[db_ok]] = True
+  candidates = []
+  for i, q in enumerate(query_ids):
+    row = draws[i][~soft.contains(np.array([i]), draws[i][None])[0]]
+    row = np.unique(np.concatenate([neg_cache.get(int(q), np.zeros(0, np.int64)), row]))
+    candidates.append(row[readable[row]])
+  width = max(len(c) for c in candidates)
+  padded = np.full((len(candidates), width), -1, np.int64)
+  for i, c in enumerate(candidates):
+    padded[i, :len(c)] = np.searchsorted(db_ids, c)
+  chosen, _ = search.knn_among(q_feats, db_feats, padded, m)
+  if (chosen < 0).any():
+    row = int(np.flatnonzero((chosen < 0).any(axis=1))[0])
+    raise ValueError(f"query {int(query_ids[row])} has fewer than negs_num_per_query={m} "
+                     "negative candidates; raise train.neg_samples_num.")
+  negatives = db_ids[chosen]
+  for q, negs in zip(query_ids, negatives):
+    neg_cache[int(q)] = negs
+  return Triplets(query_ids, positives, negatives)

@@ -143,6 +143,8 @@ class _Part:
   utms: np.ndarray                  # (N, 2) float64, NaN without postprocessed.csv
   pano: np.ndarray | None           # (N,) bool
   subtasks: dict[str, np.ndarray]   # name -> (N,) bool, the columns present
+  # postprocessed.csv's `night` (bool) and `view_direction` (str), where present
+  conditions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def _read_part(folder: str, split: str) -> _Part:
@@ -169,10 +171,18 @@ def _read_part(folder: str, split: str) -> _Part:
       raise DatasetError(f"{folder}: the CSVs disagree ({what}); row i of every CSV must "
                          "describe the same image. Re-extract the MSLS archive for this city.")
   utms = np.full((len(keys), 2), np.nan)
+  conditions = {}
   if _POSTPROCESSED in tables:
     path = os.path.join(folder, _POSTPROCESSED)
     utms[:, 0] = _floats(path, "easting", tables[_POSTPROCESSED]["easting"])
     utms[:, 1] = _floats(path, "northing", tables[_POSTPROCESSED]["northing"])
+    table = tables[_POSTPROCESSED]
+    conditions = {}
+    if "night" in table:
+      conditions["night"] = _bools(path, "night", table["night"])
+    if "view_direction" in table:
+      conditions["view_direction"] = np.asarray([v.strip() for v in table["view_direction"]],
+                                                str)
   pano = None
   if _RAW in tables:
     pano = _bools(os.path.join(folder, _RAW), "pano", tables[_RAW]["pano"])
@@ -180,7 +190,7 @@ def _read_part(folder: str, split: str) -> _Part:
   if _SUBTASK in tables:
     subtasks = {s: _bools(os.path.join(folder, _SUBTASK), s, tables[_SUBTASK][s])
                 for s in SUBTASKS if s in tables[_SUBTASK]}
-  return _Part(keys, utms, pano, subtasks)
+  return _Part(keys, utms, pano, subtasks, conditions)
 
 
 def load_msls(folder: str, split: str) -> PlaceDataset:
@@ -219,14 +229,17 @@ def load_msls(folder: str, split: str) -> PlaceDataset:
       cols.setdefault("utms", []).append(data.utms[keep] + [offset, 0.0])
       cols.setdefault("key", []).append(data.keys[keep])
       cols.setdefault("city", []).append(np.full(int(keep.sum()), city))
+      for name, values in data.conditions.items():  # night, view_direction (msls_weighted)
+        cols.setdefault(name, []).append(values[keep])
       for name, flags in data.subtasks.items():
         cols.setdefault(f"subtask_{name}", []).append(flags[keep])
 
   arrays = {p: {} for p, _ in PARTS}
   for part, _ in PARTS:
     for name, pieces in columns[part].items():
-      if name.startswith("subtask_") and len(pieces) != len(present):
-        continue  # a subtask column some city lacks: not usable for the whole split
+      optional = name.startswith("subtask_") or name in ("night", "view_direction")
+      if optional and len(pieces) != len(present):
+        continue  # a column some city lacks: not usable for the whole split
       arrays[part][name] = np.concatenate(pieces)
     if len(arrays[part]["paths"]) == 0:
       raise DatasetError(f"MSLS {split!r} in {os.path.abspath(subdir)} ({', '.join(present)}) "

@@ -15,14 +15,16 @@ from vgssl_jax.errors import ConfigError
 from vgssl_jax.evaluation import search
 from vgssl_jax.evaluation.metrics import RECALL_VALUES
 from vgssl_jax.models import heads, registry
+from vgssl_jax.models.aggregation import AGGREGATIONS, L2_MODES
 from vgssl_jax.models.network import DTYPES
 from vgssl_jax.objectives import registry as objectives
-from vgssl_jax.training.optimizer import LR_SCHEDULES
+from vgssl_jax.training.optimizer import LR_SCHEDULES, OPTIMIZERS
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = "vicreg"            # vicreg | bt | simclr | mocov2 | byol | simsiam
+  c.method = "vicreg"            # vicreg | bt | simclr | mocov2 | byol | simsiam (SSL on
+                                 # GeoPairs) | triplet | sare_ind | sare_joint (supervised)
   c.seed = 0
   c.num_devices = 0              # devices of the ("data",) mesh; 0 = all visible
 
@@ -36,7 +38,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "resnet50conv5"   # resnet{18,50,101}conv{4,5} | deit (DeiT-S distilled)
   c.model.width = 64                   # ResNets: torchvision's 64; narrow ones for tests/demo
-  c.model.fc_output_dim = 1024         # descriptor size D_g (DeiT: its two heads' size)
+  c.model.fc_output_dim = 1024         # descriptor size D_g (DeiT: its two heads' size); 0: no
+                                       # FC, the pooled vector is the descriptor
+  c.model.aggregation = "gem"          # gem | spoc | mac | rmac | netvlad (ResNets; DeiT has none)
+  c.model.l2 = "before_pool"           # before_pool | after_pool | none (not for netvlad)
+  c.model.netvlad_clusters = 64        # NetVLAD's K, initialised by k-means (see training.run)
+  c.model.unfreeze = True              # False: ResNet conv1, bn1, layer1, layer2 not trained
+                                       # (their BN statistics still update), as train.py
   c.model.n_layers = 2                 # projector depth (0..3); 0 = no projector
   c.model.projection_size = 4096       # projector width P
   c.model.dtype = "float32"            # compute dtype: float32 | bfloat16 (parameters,
@@ -62,25 +70,37 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 200
-  c.train.batch_size = 64              # pairs per optimizer step (train_batch_size)
+  c.train.batch_size = 64              # pairs per optimizer step (train_batch_size); the
+                                       # supervised path: query tuples per step
   c.train.lr = 1e-5                    # Adam, constant
+  c.train.optimizer = "adam"           # adam | adamw (decay 0.03) | sgd (momentum 0.9, 1e-3)
+  c.train.weight_decay = -1.0          # < 0: the original's decay of the optimizer (above)
   c.train.queries_per_epoch = 10000
   # GeoPair mining (docs/original.md §GeoPair mining). The mining cache embeds images in eval
   # mode and uses the projector output when model.n_layers > 0 (as the original), else the
   # descriptor.
-  c.train.mining = "random"            # random | partial | full
+  c.train.mining = "random"            # random | partial | full (| msls_weighted: supervised)
   c.train.neg_samples_num = 0          # partial: pool size; random/full: > 0 = use negatives
-  c.train.negs_num_per_query = 1       # M negatives mined per query (a batch keeps one)
+  c.train.negs_num_per_query = 1       # M negatives mined per query (SSL: a batch keeps one)
   c.train.pair_negative = False        # attach the negative to its pair (halves the item batch)
   c.train.positive_radius = TRAIN_POSITIVE_RADIUS_M  # training positives (metres)
   c.train.negative_radius = EVAL_RADIUS_M            # soft positives: never used as negatives
   c.train.random_resized_crop = 0.25   # r of RRC on the query view, scale (1 - r, 1); 0 = off
   c.train.horizontal_flip = True       # whole-batch flip with p = 0.5
   c.train.infer_batch_size = 256       # batch of the mining and evaluation forwards
+  # the supervised path (method triplet | sare_ind | sare_joint; train.py of the original)
+  c.train.margin = 0.1                 # triplet margin
+  c.train.cache_refresh_rate = 1000    # queries per mining round; an epoch has
+                                       # ceil(queries_per_epoch / cache_refresh_rate) rounds
+  c.train.init_from = ""               # fine-tuning: a run's workdir/checkpoint or a VG-SSL
+                                       # checkpoint file; its backbone + aggregation start it
   c.train.val_every = 10               # validation every N epochs (0 = never)
   c.train.patience = 0                 # stop after N validations without a better R@5 (0 = off)
-  c.train.lr_schedule = "constant"     # constant (the original) | cosine (with warm-up)
+  c.train.lr_schedule = "constant"     # constant (the original) | cosine (with warm-up) | step
   c.train.warmup_epochs = 0            # cosine: linear warm-up from lr / 10
+  c.train.schedule = (60, 80)          # step: epochs where the learning rate drops x0.1
+  c.train.save_best = 1                # model selection on recall@recall_values[save_best]
+                                       # (1: R@5, as the original's stage 1 and train.py)
   c.train.grad_accum_steps = 1         # > 1: the global batch in micro-batches (see train.py)
   c.train.keep_checkpoints = 2         # the last N checkpoints are kept, and the best by val R@5
   c.train.checkpoint_every = 0         # also checkpoint every N steps within an epoch (0: epoch
@@ -167,6 +187,65 @@ def msls_final(method: str, backbone: str = "resnet50conv5") -> ml_collections.C
   return c
 
 
+def supervised(method: str, dataset: str, backbone: str) -> ml_collections.ConfigDict:
+  """The original's train.py setting shared by the supervised recipes: the criterion,
+  GeM + FC 1024 (ResNet-50) or DeiT-S with heads of 256, no projector, Adam lr 1e-5,
+  480x640, no augmentation, validation after every epoch, selection on R@5, the early
+  ResNet layers frozen (no --unfreeze)."""
+  c = base_config()
+  c.method = method
+  c.data.name = dataset
+  c.model.backbone = backbone
+  c.model.fc_output_dim = 256 if backbone == "deit" else 1024
+  c.model.n_layers = 0
+  c.model.unfreeze = False
+  c.train.random_resized_crop, c.train.horizontal_flip = 0.0, False
+  c.train.val_every = 1
+  return c
+
+
+def finetune_pitts30k(backbone: str) -> ml_collections.ConfigDict:
+  """Jobs (a) and (b) of the original's train.sh: a stage-1 model fine-tuned on Pitts30k
+  with the triplet loss (full mining, 16 queries x 2 negatives per step, 5000 queries per
+  epoch in refreshes of 1000, 500 epochs, patience 50). train.init_from names the stage-1
+  run or checkpoint."""
+  c = supervised("triplet", "pitts30k", backbone)
+  t = c.train
+  t.mining, t.neg_samples_num, t.negs_num_per_query = "full", 1000, 2
+  t.lr, t.batch_size, t.infer_batch_size = 1e-5, 16, 64
+  t.epochs, t.patience, t.queries_per_epoch, t.cache_refresh_rate = 500, 50, 5000, 1000
+  c.eval.datasets, c.eval.split = "pitts30k", "test"
+  return c
+
+
+def triplet_msls(backbone: str) -> ml_collections.ConfigDict:
+  """The supervised baseline rows of the paper's table: the benchmark's triplet training on
+  MSLS. The original's scripts for these rows are not known; the values are train.py's
+  parser defaults (partial mining, 4 queries x 10 negatives per step, 5000 queries per
+  epoch in refreshes of 1000, a pool of 1000, 100 epochs, patience 100) with the paper's
+  descriptor sizes."""
+  c = supervised("triplet", "msls", backbone)
+  t = c.train
+  t.mining, t.neg_samples_num, t.negs_num_per_query = "partial", 1000, 10
+  t.lr, t.batch_size = 1e-5, 4
+  t.epochs, t.patience, t.queries_per_epoch, t.cache_refresh_rate = 100, 100, 5000, 1000
+  c.eval.split = "val"
+  return c
+
+
+def model_config_from(settings: dict) -> ml_collections.ConfigDict:
+  """A `model` section from a checkpoint's recorded settings; keys added since it was
+  written take their defaults."""
+  mc = base_config().model
+  with mc.unlocked():
+    for key, value in settings.items():
+      if isinstance(value, dict) and key in mc:
+        mc[key].update(value)
+      else:
+        mc[key] = value
+  return mc
+
+
 def _one_of(value, allowed, key):
   if value not in allowed:
     raise ConfigError(f"{key}={value!r} is not valid; expected one of {', '.join(map(str, allowed))}"
@@ -175,9 +254,11 @@ def _one_of(value, allowed, key):
 
 def items_per_step(config) -> int:
   """Dataset items per step: with attached negatives each item gives two pairs, so the
-  original halves the item batch and a step keeps train.batch_size pairs."""
+  original halves the item batch and a step keeps train.batch_size pairs (SSL); the
+  supervised path's items are train.batch_size query tuples."""
   tc = config.train
-  halve = tc.pair_negative and tc.neg_samples_num > 0
+  supervised = objectives.entry(config.method).epoch_source != "geopairs"
+  halve = tc.pair_negative and tc.neg_samples_num > 0 and not supervised
   return tc.batch_size // 2 if halve else tc.batch_size
 
 
@@ -188,11 +269,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"model.n_layers={c.model.n_layers} must be in 0..3 (0 = no projector).")
   try:
     registry.family(c.model.backbone)
-    heads.projector_layout(objectives.entry(c.method).projector_family, c.model.n_layers)
+    family = objectives.entry(c.method).projector_family
+    if family:
+      heads.projector_layout(family, c.model.n_layers)
   except ValueError as e:
     raise ConfigError(f"{e} (model.backbone / model.n_layers)") from None
   _one_of(c.model.dtype, tuple(DTYPES), "model.dtype")
-  _one_of(c.train.mining, mining.MINING_MODES, "train.mining")
+  supervised = objectives.entry(c.method).epoch_source != "geopairs"
+  _one_of(c.train.mining, mining.TRIPLET_MINING_MODES if supervised else mining.MINING_MODES,
+          "train.mining")
   _one_of(c.eval.backend, search.BACKENDS, "eval.backend")
   _one_of(c.eval.test_method, query_views.METHODS, "eval.test_method")
   _one_of(c.data.source, datasets.SOURCES, "data.source")
@@ -209,7 +294,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.eval.pca_dim and c.eval.pca_dim > c.eval.pca_images:
     raise ConfigError(f"eval.pca_dim={c.eval.pca_dim} exceeds eval.pca_images={c.eval.pca_images}"
                       ": PCA needs at least as many images as dimensions.")
-  for key in ("model.width", "model.fc_output_dim", "model.projection_size", "train.epochs",
+  _one_of(c.model.aggregation, AGGREGATIONS, "model.aggregation")
+  _one_of(c.model.l2, L2_MODES, "model.l2")
+  if c.model.netvlad_clusters < 1:
+    raise ConfigError(f"model.netvlad_clusters={c.model.netvlad_clusters} must be >= 1.")
+  if c.model.fc_output_dim < 0 or (c.model.fc_output_dim == 0 and c.model.backbone == "deit"):
+    raise ConfigError(f"model.fc_output_dim={c.model.fc_output_dim} must be >= 0 (0: no FC), "
+                      "and > 0 for DeiT (its heads' size).")
+  for key in ("model.width", "model.projection_size", "train.epochs",
               "train.batch_size", "train.queries_per_epoch", "train.infer_batch_size"):
     section, name = key.split(".")
     if int(c[section][name]) <= 0:
@@ -236,8 +328,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
     registry.check(c.model, size)
   except ValueError as e:
     raise ConfigError(f"{e}.") from None
-  _check_negatives(c)
+  if supervised:
+    _check_triplets(c)
+  else:
+    _check_negatives(c)
   _one_of(c.train.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
+  _one_of(c.train.optimizer, OPTIMIZERS, "train.optimizer")
+  if not 0 <= c.train.save_best < len(recall_values):
+    raise ConfigError(f"train.save_best={c.train.save_best} must index eval.recall_values="
+                      f"{recall_values} (0..{len(recall_values) - 1}).")
   for key in ("patience", "warmup_epochs", "checkpoint_every"):
     if c.train[key] < 0:
       raise ConfigError(f"train.{key}={c.train[key]} must be >= 0.")
@@ -251,6 +350,22 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.model.pretrained and not os.path.isfile(c.model.pretrained):
     raise ConfigError(f"model.pretrained={c.model.pretrained!r} is not a file: give the path of "
                       "torchvision ResNet weights (.pth or .safetensors); nothing is downloaded.")
+
+
+def _check_triplets(c: ml_collections.ConfigDict) -> None:
+  t = c.train
+  if t.negs_num_per_query < 1:
+    raise ConfigError(f"train.negs_num_per_query={t.negs_num_per_query}: the supervised "
+                      "objectives need at least one negative per query.")
+  if t.mining != "random" and t.negs_num_per_query > t.neg_samples_num:
+    raise ConfigError(f"train.negs_num_per_query={t.negs_num_per_query} is larger than the "
+                      f"candidate pool train.neg_samples_num={t.neg_samples_num} of "
+                      f"train.mining={t.mining}.")
+  if t.cache_refresh_rate < t.batch_size:
+    raise ConfigError(f"train.cache_refresh_rate={t.cache_refresh_rate} is smaller than "
+                      f"train.batch_size={t.batch_size}: a refresh would have no step.")
+  if t.margin <= 0:
+    raise ConfigError(f"train.margin={t.margin} must be > 0.")
 
 
 def _check_negatives(c: ml_collections.ConfigDict) -> None:
@@ -278,8 +393,9 @@ def _check_negatives(c: ml_collections.ConfigDict) -> None:
 SAFE_TO_CHANGE = ("train.epochs", "train.val_every", "train.patience", "train.keep_checkpoints",
                   "train.checkpoint_every", "train.log_every", "train.infer_batch_size",
                   "data.root", "data.num_workers", "data.num_threads", "data.source",
-                  "data.records_dir", "eval.", "num_devices", "distributed.", "model.pretrained")
-SHAPE_KEYS = ("method", "model.", "loss.queue_size", "data.image_size")
+                  "data.records_dir", "eval.", "num_devices", "distributed.", "model.pretrained",
+                  "train.init_from")
+SHAPE_KEYS = ("model.", "loss.queue_size", "data.image_size")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

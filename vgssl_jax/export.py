@@ -16,8 +16,8 @@ import logging
 import sys
 
 import jax
-import ml_collections
 
+from vgssl_jax.config import model_config_from
 from vgssl_jax.errors import USER_ERRORS
 from vgssl_jax.models.network import init_variables
 from vgssl_jax.models.weights import export as weights_export
@@ -30,7 +30,7 @@ def export(checkpoint: str, out: str) -> dict:
   weights_export.check_export_path(out)
   directory, step, meta = checkpoints.read_meta(checkpoint)
   image_size = tuple(meta.get("image_size") or (224, 224))
-  model = build_network(ml_collections.ConfigDict(meta["model"]), meta["method"], image_size)
+  model = build_network(model_config_from(meta["model"]), meta["method"], image_size)
   template = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), image_size))
   variables = checkpoints.restore_variables(
       directory, step, template, jax.sharding.SingleDeviceSharding(jax.devices()[0]))

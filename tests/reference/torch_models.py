@@ -284,12 +284,17 @@ class StageOneDeiT(nn.Module):
 
 
 def make_step(depth=50, width=64, fc_output_dim=1024, projection_size=4096, lr=1e-5,
-              dtype: str = "float32", deit: dict | None = None):
+              dtype: str = "float32", deit: dict | None = None, triplet_negatives: int = 0):
   """A function (view1, view2) -> loss doing the original's optimizer step (NCHW tensors):
   ResNet `depth` (+ GeM + FC), or with `deit` = {"image_size", "embed_dim", "depth",
   "num_heads"} the DeiT.
 
+  With triplet_negatives = M > 0: train.py's step instead (no projector; view1 holds B
+  queries then B * M negatives, view2 the B positives; one forward of all, triplet margin
+  loss summed over (q, p, n_j) and divided by B * M).
   bfloat16 runs the forward under CPU autocast (the usual PyTorch mixed precision)."""
+  if triplet_negatives:
+    return _triplet_step(depth, width, fc_output_dim, lr, triplet_negatives)
   if deit:
     model = StageOneDeiT(fc_output_dim=fc_output_dim, projection_size=projection_size,
                          **deit).train()
@@ -302,6 +307,27 @@ def make_step(depth=50, width=64, fc_output_dim=1024, projection_size=4096, lr=1
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
       z1, z2 = model(view1), model(view2)  # separate BatchNorm passes, as the original
     loss = vicreg_loss(z1.float(), z2.float())
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+  return step
+
+
+def _triplet_step(depth, width, fc_output_dim, lr, m):
+  resnet = ResNet(depth, width)
+  model = nn.Sequential(nn.Sequential(*list(resnet.children())[:-2]),
+                        nn.Sequential(L2Norm(), GeM(), Flatten(),
+                                      nn.Linear(resnet.features_dim, fc_output_dim), L2Norm()))
+  model.train()
+  optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+  criterion = nn.TripletMarginLoss(margin=0.1, p=2, reduction="sum")
+
+  def step(view1, view2):
+    b = len(view2)
+    optimizer.zero_grad(set_to_none=True)
+    feats = model(torch.cat([view1[:b], view2, view1[b:]]))
+    q, p, n = feats[:b], feats[b:2 * b], feats[2 * b:].view(b, m, -1)
+    loss = sum(criterion(q, p, n[:, j]) for j in range(m)) / (b * m)
     loss.backward()
     optimizer.step()
     return float(loss.detach())

@@ -41,7 +41,8 @@ class Embedder:
   @staticmethod
   def _apply(model, variables, images, ok, output):
     x = normalize(images, model.dtype)
-    out = model.apply(variables, x, train=False, project=output == "projection")
+    out = model.apply(variables, x, train=False, project=output == "projection",
+                      feature_map=output == "feature_map")
     if output not in out:
       raise ValueError(f"the network has no output {output!r} (it has {sorted(out)})")
     feats = out[output]

@@ -8,6 +8,7 @@ import logging
 import jax
 
 from vgssl_jax import sharding
+from vgssl_jax.config import model_config_from
 from vgssl_jax.models.network import init_variables
 from vgssl_jax.models.weights import export as weights_export
 from vgssl_jax.models.weights import vgssl
@@ -50,21 +51,25 @@ def check_checkpoint(config, checkpoint: str, model) -> None:
     checkpoints.read_meta(checkpoint)
 
 
-def adopt_checkpoint_model(config, checkpoint: str) -> None:
+def adopt_checkpoint_model(config, checkpoint: str) -> tuple[int, int]:
   """The checkpoint decides the network: its method and model settings replace the config's.
+  Returns the image size the network was trained at (a DeiT's position grid is made for
+  it; evaluation inputs of data.image_size use it resized).
 
   A run's checkpoint and our own .safetensors exports record them; original VG-SSL files do
-  not, so the config must describe that network (backbone, width, fc_output_dim)."""
+  not, so the config must describe that network (backbone, sizes, data.image_size)."""
   if is_weight_file(checkpoint):
     meta = weights_export.read_export_metadata(checkpoint)
     if not meta.get("model"):
-      return
+      return tuple(config.data.image_size)
   else:
     _, _, meta = checkpoints.read_meta(checkpoint)
+  recorded = model_config_from(meta["model"])
   with config.unlocked():
-    for key, value in meta["model"].items():
-      if config.model[key] != value:
-        logging.info("model.%s = %r from the checkpoint (config had %r)", key, value,
+    for key in recorded:
+      if config.model[key] != recorded[key]:
+        logging.info("model.%s = %r from the checkpoint (config had %r)", key, recorded[key],
                      config.model[key])
-      config.model[key] = value
+    config.model = recorded
     config.method = meta["method"]
+  return tuple(meta.get("image_size") or config.data.image_size)

@@ -185,11 +185,12 @@ def evaluate_model(config, checkpoint: str | None, workdir: str) -> dict:
   if os.path.exists(os.path.join(workdir, "config.json")):  # its results.json is the run's
     raise ConfigError(f"--workdir {workdir} holds a training run; write the evaluation to "
                       f"another folder, e.g. --workdir {os.path.join(workdir, 'eval')}.")
+  trained_size = tuple(config.data.image_size)
   if checkpoint:
-    loading.adopt_checkpoint_model(config, checkpoint)
+    trained_size = loading.adopt_checkpoint_model(config, checkpoint)
   mesh = sharding.make_mesh(config.num_devices)
   eval_sets = open_eval_sets(config)
-  model = registry.build_network(config.model, config.method, config.data.image_size)
+  model = registry.build_network(config.model, config.method, trained_size)
   if checkpoint:
     loading.check_checkpoint(config, checkpoint, model)  # before any compilation or writing
   os.makedirs(workdir, exist_ok=True)

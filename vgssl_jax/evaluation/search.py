@@ -145,44 +145,54 @@ def masked_knn(queries: np.ndarray, database: np.ndarray, excluded: np.ndarray, 
   return out_d, out_i
 
 
-@jax.jit
-def _masked_nearest_chunk(queries, candidates, mask):
-  # queries (C, D), candidates (C, P, D), mask (C, P) -> index into P of the nearest valid one
-  diff = candidates - queries[:, None, :]
-  dist = jnp.sum(diff * diff, axis=-1)
-  dist = jnp.where(mask, dist, jnp.inf)
-  return jnp.argmin(dist, axis=1), jnp.min(dist, axis=1)
+@functools.partial(jax.jit, static_argnames=("k",))
+def _among_chunk(queries, features, candidates, k):
+  # queries (C, D), features (N, D), candidates (C, P) indices (-1 padded) -> top k by L2
+  cand = features[jnp.maximum(candidates, 0)]
+  diff = cand - queries[:, None, :]
+  dist = jnp.where(candidates >= 0, jnp.sum(diff * diff, axis=-1), jnp.inf)
+  neg, idx = jax.lax.top_k(-dist, k)
+  return idx, -neg
 
 
-def nearest_among(queries: np.ndarray, features: np.ndarray, candidates: np.ndarray,
-                  chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-  """For each query, its nearest (squared L2) row of `features` among its own candidates.
+def knn_among(queries: np.ndarray, features: np.ndarray, candidates: np.ndarray, k: int,
+              chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+  """For each query, its k nearest (squared L2) rows of `features` among its own candidates.
 
   Args:
     queries: (Q, D) query features.
     features: (N, D) candidate features.
-    candidates: (Q, P) indices into `features`, padded with -1 (each row has >= 1 valid).
+    candidates: (Q, P) indices into `features`, padded with -1.
   Returns:
-    (Q,) chosen indices into `features` and (Q,) squared distances. Ties go to the
-    first candidate in row order, as a faiss search over the row would.
+    (Q, k) chosen indices into `features` (-1 where a row has fewer than k candidates) and
+    (Q, k) squared distances (inf there), ascending. Ties go to the earlier candidate in
+    row order, as a faiss search over the row would.
   """
   queries = np.asarray(queries, np.float32)
   candidates = np.asarray(candidates, np.int64)
   feats = jnp.asarray(features, jnp.float32)
-  Q, P = candidates.shape
-  chunk = max(1, min(chunk, Q))
-  chosen, dists = np.empty(Q, np.int64), np.empty(Q, np.float32)
-  for start in range(0, Q, chunk):
+  n_q, width = candidates.shape
+  k = min(k, width)
+  chunk = max(1, min(chunk, n_q))
+  chosen, dists = np.empty((n_q, k), np.int64), np.empty((n_q, k), np.float32)
+  for start in range(0, n_q, chunk):
     c = candidates[start:start + chunk]
     q = queries[start:start + chunk]
-    n = len(c)
-    if n < chunk:  # pad to the chunk shape: one compilation
-      c = np.concatenate([c, np.zeros((chunk - n, P), np.int64)])
-      q = np.concatenate([q, np.zeros((chunk - n, q.shape[1]), np.float32)])
-    mask = c >= 0
-    pick, dist = _masked_nearest_chunk(jnp.asarray(q), feats[jnp.asarray(np.maximum(c, 0))],
-                                       jnp.asarray(mask))
-    pick = np.asarray(pick)[:n]
-    chosen[start:start + n] = c[np.arange(n), pick]
-    dists[start:start + n] = np.asarray(dist)[:n]
+    m = len(c)
+    if m < chunk:  # pad to the chunk shape: one compilation
+      c = np.concatenate([c, np.full((chunk - m, width), -1, np.int64)])
+      q = np.concatenate([q, np.zeros((chunk - m, q.shape[1]), np.float32)])
+    pick, dist = _among_chunk(jnp.asarray(q), feats, jnp.asarray(c.astype(np.int32)), k)
+    pick, dist = np.asarray(pick)[:m], np.asarray(dist)[:m]
+    rows = c[:m][np.arange(m)[:, None], pick]
+    chosen[start:start + m] = np.where(np.isfinite(dist), rows, -1)
+    dists[start:start + m] = dist
   return chosen, dists
+
+
+def nearest_among(queries: np.ndarray, features: np.ndarray, candidates: np.ndarray,
+                  chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+  """For each query, its nearest (squared L2) row of `features` among its own candidates
+  (Q, P), -1 padded, each row with >= 1 valid: (Q,) chosen indices, (Q,) squared distances."""
+  chosen, dists = knn_among(queries, features, candidates, 1, chunk)
+  return chosen[:, 0], dists[:, 0]

@@ -1,12 +1,30 @@
-"""Aggregation F_g of VG-SSL: L2 (per location) -> GeM -> FC -> L2."""
+"""Aggregation F_g: a feature map (N, H, W, C) -> the descriptor (docs/original.md
+§Aggregation). The deep visual geo-localization benchmark's poolings, as VG-SSL has them:
+
+  gem | spoc | mac | rmac   L2 per location (`l2`="before_pool"), the pooling, or L2 after
+                            it ("after_pool"), or neither ("none")
+  netvlad                   soft-assignment to K clusters (input L2-normalised per
+                            location), residual sums, intra-normalisation, L2
+  then, with fc_output_dim > 0, FC -> L2 (the paper always has it)
+
+Computed in float32 whatever the backbone's dtype: descriptors of different places can
+differ in the third decimal (an untrained network's have cosines of 0.997), which bfloat16's
+8-bit mantissa would erase; the aggregation is a negligible share of the work.
+"""
 
 from __future__ import annotations
+
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vgssl_jax.models.layers import Dense, l2_normalize
+
+AGGREGATIONS = ("gem", "spoc", "mac", "rmac", "netvlad")
+L2_MODES = ("before_pool", "after_pool", "none")
 
 
 def gem(x: jax.Array, p: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -29,18 +47,121 @@ class GeM(nn.Module):
     return gem(x, p[0], self.eps)
 
 
-class Aggregation(nn.Module):
-  """(N, H, W, C) feature map -> (N, fc_output_dim) L2-normalised descriptor.
+def rmac_regions(h: int, w: int, levels: int = 3, overlap: float = 0.4
+                 ) -> list[tuple[int, int, int]]:
+  """(top, left, side) of R-MAC's square regions on an h x w map (cirtorch's rule, as the
+  benchmark's `rmac`: L = 3 scales, about 40 % overlap of neighbours)."""
+  steps = np.array([2, 3, 4, 5, 6, 7], np.float64)
+  side = min(w, h)
+  b = (max(h, w) - side) / (steps - 1)
+  idx = int(np.argmin(np.abs(((side ** 2 - side * b) / side ** 2) - overlap)))
+  wd = idx + 1 if h < w else 0
+  hd = idx + 1 if h > w else 0
+  regions = []
+  for level in range(1, levels + 1):
+    wl = math.floor(2 * side / (level + 1))
+    wl2 = math.floor(wl / 2 - 1)
+    if wl == 0:
+      continue
+    bw = 0 if level + wd == 1 else (w - wl) / (level + wd - 1)
+    bh = 0 if level + hd == 1 else (h - wl) / (level + hd - 1)
+    cen_w = np.floor(wl2 + np.arange(level + wd) * bw) - wl2
+    cen_h = np.floor(wl2 + np.arange(level + hd) * bh) - wl2
+    regions += [(int(i), int(j), wl) for i in cen_h for j in cen_w]
+  return regions
 
-  Always computed in float32, whatever the backbone's dtype: descriptors of different places
-  can differ in the third decimal (an untrained network's have cosines of 0.997), which
-  bfloat16's 8-bit mantissa would erase; the FC is a negligible share of the work.
-  """
-  fc_output_dim: int = 1024
+
+def rmac(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """R-MAC: the L2-normalised max over the whole map plus over each region, summed.
+  (N, H, W, C) -> (N, C)."""
+  def normed_max(r):
+    v = jnp.max(r, axis=(1, 2))
+    return v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + eps)
+  out = normed_max(x)
+  for top, left, side in rmac_regions(x.shape[1], x.shape[2]):
+    out = out + normed_max(x[:, top:top + side, left:left + side])
+  return out
+
+
+class _Conv1x1(nn.Module):
+  """NetVLAD's soft-assignment `conv`: a bias-free 1x1 convolution's kernel (1, 1, C, K)."""
+  clusters: int
+
+  @nn.compact
+  def __call__(self, channels: int) -> jax.Array:
+    return self.param("kernel", nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                      (1, 1, channels, self.clusters), jnp.float32)
+
+
+class NetVLAD(nn.Module):
+  """NetVLAD with `clusters` clusters on C channels: (N, H, W, C) -> (N, clusters * C).
+
+  Parameters as the benchmark's: `centroids` (K, C) and `conv` (a 1x1 convolution without
+  bias, (1, 1, C, K) here, (K, C, 1, 1) in PyTorch), set by `netvlad_init_params`."""
+  clusters: int = 64
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = l2_normalize(x, axis=-1)      # L2 over channels at every location ("before_pool")
-    x = GeM(name="gem")(x)
-    x = Dense(self.fc_output_dim, dtype=jnp.float32, name="fc")(x)
-    return l2_normalize(x, axis=-1)
+    n, h, w, c = x.shape
+    centroids = self.param("centroids", nn.initializers.uniform(1.0), (self.clusters, c),
+                           jnp.float32)
+    conv = _Conv1x1(self.clusters, name="conv")(c)
+    x = l2_normalize(x.reshape(n, h * w, c), axis=-1)            # across the descriptor dim
+    assign = jax.nn.softmax(x @ conv[0, 0], axis=-1)             # (N, HW, K)
+    vlad = jnp.einsum("nik,nic->nkc", assign, x) - assign.sum(1)[..., None] * centroids
+    vlad = l2_normalize(vlad, axis=-1)                          # intra-normalisation
+    return l2_normalize(vlad.reshape(n, -1), axis=-1)
+
+
+def netvlad_init_params(centroids: np.ndarray, descriptors: np.ndarray) -> dict:
+  """The benchmark's init_params: conv = alpha * normalised centroids with
+  alpha = -ln(0.01) / mean(top-1 - top-2 dot product of each descriptor with the
+  normalised centroids). Returns {"centroids", "conv": {"kernel"}} (the NetVLAD module's
+  parameters) and "alpha"."""
+  centroids = np.asarray(centroids, np.float64)
+  assign = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+  dots = -np.sort(-(assign @ np.asarray(descriptors, np.float64).T), axis=0)
+  alpha = -np.log(0.01) / np.mean(dots[0] - dots[1])
+  kernel = (alpha * assign).T[None, None]                       # (1, 1, C, K)
+  return {"centroids": centroids.astype(np.float32),
+          "conv": {"kernel": kernel.astype(np.float32)}, "alpha": float(alpha)}
+
+
+class Aggregation(nn.Module):
+  """(N, H, W, C) feature map -> (N, D) descriptor; see the module docstring.
+
+  fc_output_dim > 0 adds FC -> L2 (the descriptor is then L2-normalised); 0 leaves the
+  pooled vector as it is (L2-normalised for netvlad and l2="after_pool")."""
+  fc_output_dim: int = 1024
+  kind: str = "gem"
+  l2: str = "before_pool"
+  clusters: int = 64
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    if self.kind == "netvlad":
+      v = NetVLAD(self.clusters, name="netvlad")(x)
+    else:
+      if self.l2 == "before_pool":
+        x = l2_normalize(x, axis=-1)  # over channels at every location
+      if self.kind == "gem":
+        v = GeM(name="gem")(x)
+      elif self.kind == "spoc":
+        v = jnp.mean(x, axis=(1, 2))
+      elif self.kind == "mac":
+        v = jnp.max(x, axis=(1, 2))
+      else:
+        v = rmac(x)
+      if self.l2 == "after_pool":
+        v = l2_normalize(v, axis=-1)
+    if self.fc_output_dim:
+      v = l2_normalize(Dense(self.fc_output_dim, dtype=jnp.float32, name="fc")(v), axis=-1)
+    return v
+
+
+def descriptor_dim(kind: str, fc_output_dim: int, channels: int, clusters: int) -> int:
+  """The descriptor size of an aggregation on `channels` feature channels."""
+  if fc_output_dim:
+    return fc_output_dim
+  return clusters * channels if kind == "netvlad" else channels

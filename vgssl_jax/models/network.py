@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from vgssl_jax.models import registry
-from vgssl_jax.models.aggregation import Aggregation
+from vgssl_jax.models.aggregation import Aggregation, descriptor_dim
 from vgssl_jax.models.heads import Projector
 from vgssl_jax.models.layers import Dtype
 
@@ -25,8 +25,9 @@ class GeoLocalizationNet(nn.Module):
   `descriptor` (N, descriptor_dim) is the L2-normalised retrieval descriptor (the
   pre-projector output, used for evaluation). `projection` is the projector output, or
   the descriptor itself when the projector has no layers; it feeds the SSL losses and the
-  mining cache. With project=False the projector is skipped. `aggregation` is None for
-  backbones that output the descriptor themselves.
+  mining cache. With project=False the projector is skipped; feature_map=True adds the
+  backbone's output. `aggregation` is None for backbones that output the descriptor
+  themselves.
   """
   backbone: nn.Module
   aggregation: nn.Module | None
@@ -39,7 +40,8 @@ class GeoLocalizationNet(nn.Module):
     return self.projector.size if self.projector.n_layers > 0 else self.descriptor_dim
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool, project: bool = True) -> dict:
+  def __call__(self, images: jax.Array, train: bool, project: bool = True,
+               feature_map: bool = False) -> dict:
     features = self.backbone(images, train)
     if self.aggregation is None:
       descriptor = features
@@ -51,6 +53,8 @@ class GeoLocalizationNet(nn.Module):
         features = jax.lax.optimization_barrier(features)
       descriptor = self.aggregation(features)
     out = {"descriptor": descriptor}
+    if feature_map:  # the backbone's map (NetVLAD's k-means initialisation samples it)
+      out["feature_map"] = features.astype(jnp.float32)
     if project:
       out["projection"] = self.projector(descriptor, train)
     return out
@@ -59,14 +63,19 @@ class GeoLocalizationNet(nn.Module):
 def build_model(model_config, projector_family: str, image_size) -> GeoLocalizationNet:
   """GeoLocalizationNet from the `model` section of a config, for (H, W) = image_size
   training inputs (a ViT's position grid); `projector_family` is the objective's
-  (objectives.registry)."""
-  dtype = DTYPES[model_config.dtype]
-  backbone, output = registry.build_backbone(model_config, dtype, tuple(image_size))
-  aggregation = (Aggregation(model_config.fc_output_dim) if output == registry.FEATURE_MAP
-                 else None)
-  projector = Projector(projector_family, model_config.n_layers, model_config.projection_size,
-                        dtype)
-  return GeoLocalizationNet(backbone, aggregation, projector, model_config.fc_output_dim, dtype)
+  (objectives.registry), None for objectives without a projector."""
+  mc = model_config
+  dtype = DTYPES[mc.dtype]
+  backbone, output = registry.build_backbone(mc, dtype, tuple(image_size))
+  if output == registry.FEATURE_MAP:
+    aggregation = Aggregation(mc.fc_output_dim, mc.aggregation, mc.l2, mc.netvlad_clusters)
+    size = descriptor_dim(mc.aggregation, mc.fc_output_dim, registry.channels(mc),
+                          mc.netvlad_clusters)
+  else:
+    aggregation, size = None, mc.fc_output_dim
+  projector = (Projector(projector_family, mc.n_layers, mc.projection_size, dtype)
+               if projector_family else Projector("vicreg", 0, mc.projection_size, dtype))
+  return GeoLocalizationNet(backbone, aggregation, projector, size, dtype)
 
 
 def init_variables(model: GeoLocalizationNet, key: jax.Array, image_size) -> dict:

@@ -35,6 +35,10 @@ class BackboneFamily:
   load_pretrained: Callable[[str, dict, tuple[int, int]], dict]
   # (model config, image size) -> None; ValueError naming the setting if impossible
   check: Callable[..., None] = lambda model_config, image_size: None
+  # feature-map backbones: (model config) -> channels of the map
+  channels: Callable[..., int] | None = None
+  # parameters not trained without model.unfreeze (the original freezes the early layers)
+  frozen: tuple[str, ...] = ()
 
 
 def _parse_resnet(name: str) -> dict | None:
@@ -51,7 +55,9 @@ RESNET = BackboneFamily(
         depth, last_stage, mc.width, dtype),
     output=FEATURE_MAP,
     load_pretrained=lambda path, variables, image_size: torchvision.load_torchvision_backbone(
-        path, variables))
+        path, variables),
+    channels=lambda mc: resnet.features_dim(*resnet.parse_backbone(mc.backbone), mc.width),
+    frozen=("conv1", "bn1", "layer1", "layer2"))
 
 
 def _build_deit(mc, dtype, image_size):
@@ -95,6 +101,18 @@ def check(model_config, image_size) -> None:
   """ValueError naming the setting when the backbone cannot take this config."""
   fam, _ = family(model_config.backbone)
   fam.check(model_config, tuple(image_size))
+
+
+def channels(model_config) -> int:
+  """Channels of a feature-map backbone's output (what the aggregation pools)."""
+  fam, _ = family(model_config.backbone)
+  return fam.channels(model_config)
+
+
+def frozen_modules(model_config) -> tuple[str, ...]:
+  """Backbone modules that do not train (all train with model.unfreeze, as VG-SSL's runs)."""
+  fam, _ = family(model_config.backbone)
+  return () if model_config.unfreeze else fam.frozen
 
 
 def build_backbone(model_config, dtype: Dtype, image_size: tuple[int, int]

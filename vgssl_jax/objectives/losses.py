@@ -89,3 +89,60 @@ def byol_loss(p1: jax.Array, p2: jax.Array, z1: jax.Array, z2: jax.Array) -> jax
   def l(p, z):
     return 2 - 2 * jnp.sum(l2_normalize(p) * l2_normalize(z), axis=-1)
   return jnp.mean(l(p1, z2) + l(p2, z1))
+
+
+# ----------------------------------------------------------------------------- supervised
+# The triplet path of the deep visual geo-localization benchmark that VG-SSL trains its
+# baselines and fine-tunes with (docs/original.md §Supervised training). q (B, D) queries,
+# p (B, D) their best positives, n (B, M, D) their M negatives; each returns the SUM over
+# its terms (train.py divides by B * M). Computed in float32, or in the inputs' float64.
+
+
+def _wide(*xs):
+  dtype = jnp.promote_types(xs[0].dtype, jnp.float32)
+  return [x.astype(dtype) for x in xs]
+
+
+def triplet_margin_sum(q: jax.Array, p: jax.Array, n: jax.Array, margin: float = 0.1
+                       ) -> jax.Array:
+  """sum_{b,j} max(d(q_b, p_b) - d(q_b, n_bj) + margin, 0), d(a, b) = ||a - b + 1e-6||_2
+  (torch.nn.TripletMarginLoss(margin, p=2, reduction="sum") over every (q, p*, n_j))."""
+  q, p, n = _wide(q, p, n)
+  dist = lambda a, b: jnp.sqrt(jnp.sum(jnp.square(a - b + 1e-6), axis=-1))  # noqa: E731
+  return jnp.sum(jax.nn.relu(dist(q, p)[:, None] - dist(q[:, None], n) + margin))
+
+
+def _sare_terms(d_pos: jax.Array, d_neg: jax.Array) -> jax.Array:
+  """-log softmax(-[d_pos, d_neg])[0] along the last axis."""
+  logits = -jnp.concatenate([d_pos[..., None], d_neg], axis=-1)
+  return -jax.nn.log_softmax(logits, axis=-1)[..., 0]
+
+
+def sare_ind_sum(q: jax.Array, p: jax.Array, n: jax.Array) -> jax.Array:
+  """SARE, one negative at a time (model/functional.py sare_ind on each (q, p*, n_j)):
+  sum_{b,j} -log softmax(-[|q-p|^2, |q-n_j|^2])[0]."""
+  q, p, n = _wide(q, p, n)
+  d_pos = jnp.sum(jnp.square(q - p), axis=-1)
+  d_neg = jnp.sum(jnp.square(q[:, None] - n), axis=-1)
+  return jnp.sum(_sare_terms(jnp.broadcast_to(d_pos[:, None], d_neg.shape), d_neg[..., None]))
+
+
+def sare_joint_sum(q: jax.Array, p: jax.Array, n: jax.Array) -> jax.Array:
+  """SARE over all negatives of a query at once: sum_b -log softmax(-[|q-p|^2, |q-n_1|^2,
+  ..., |q-n_M|^2])[0] (the original hard-codes M = 10; any M works here)."""
+  q, p, n = _wide(q, p, n)
+  d_pos = jnp.sum(jnp.square(q - p), axis=-1)
+  d_neg = jnp.sum(jnp.square(q[:, None] - n), axis=-1)
+  return jnp.sum(_sare_terms(d_pos, d_neg))
+
+
+SUPERVISED = {"triplet": lambda q, p, n, margin: triplet_margin_sum(q, p, n, margin),
+              "sare_ind": lambda q, p, n, margin: sare_ind_sum(q, p, n),
+              "sare_joint": lambda q, p, n, margin: sare_joint_sum(q, p, n)}
+
+
+def supervised_loss(criterion: str, q: jax.Array, p: jax.Array, n: jax.Array,
+                    margin: float = 0.1) -> jax.Array:
+  """train.py's loss of a batch: the criterion's sum divided by B * M."""
+  b, m = n.shape[:2]
+  return SUPERVISED[criterion](q, p, n, margin) / (b * m)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 
 from vgssl_jax.models.network import build_model
-from vgssl_jax.objectives import ssl
+from vgssl_jax.objectives import ssl, triplet
 from vgssl_jax.objectives.base import Objective
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveEntry:
   cls: type                 # has from_config(name, model, config) -> Objective
-  projector_family: str     # models.heads.projector_layout family
+  projector_family: str | None  # models.heads.projector_layout family; None: no projector
   epoch_source: str = "geopairs"   # training.run.EPOCH_SOURCES: where its batches come from
 
 
@@ -28,7 +28,12 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     "mocov2": ObjectiveEntry(ssl.MoCo, "contrastive"),
     "byol": ObjectiveEntry(ssl.BYOL, "byol"),
     "simsiam": ObjectiveEntry(ssl.BYOL, "byol"),
+    # supervised (train.py): (query, best positive, M negatives) tuples from cache refreshes
+    "triplet": ObjectiveEntry(triplet.TupleObjective, None, "triplets"),
+    "sare_ind": ObjectiveEntry(triplet.TupleObjective, None, "triplets"),
+    "sare_joint": ObjectiveEntry(triplet.TupleObjective, None, "triplets"),
 }
+SSL_METHODS = tuple(n for n, e in OBJECTIVES.items() if e.epoch_source == "geopairs")
 
 
 def entry(name: str) -> ObjectiveEntry:

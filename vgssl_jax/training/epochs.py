@@ -27,6 +27,13 @@ class EpochSource(Protocol):
   def segments(self, epoch: int) -> int:
     """How many mined segments epoch `epoch` (0-based) has."""
 
+  def state(self) -> dict:
+    """What the source carries from segment to segment (JSON-able; saved with checkpoints),
+    e.g. triplet mining's cache of each query's previous negatives."""
+
+  def restore(self, state: dict) -> None:
+    """Takes back a state() of a checkpoint."""
+
   def mine(self, state, epoch: int, segment: int) -> dict:
     """The plan of one segment, mined with the train state's current model. Its
     "skipped_images" entry (if any) counts the unreadable images mining left out."""

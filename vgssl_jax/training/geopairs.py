@@ -54,6 +54,12 @@ class GeoPairSource:
     del epoch
     return 1
 
+  def state(self) -> dict:
+    return {}  # each epoch's GeoPairs depend on the model and (seed, epoch) only
+
+  def restore(self, state: dict) -> None:
+    del state
+
   def mine(self, state, epoch: int, segment: int) -> dict:
     """This epoch's GeoPairs, mined with the current model (eval mode)."""
     del segment

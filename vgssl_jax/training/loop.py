@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 from vgssl_jax import sharding
 from vgssl_jax.config import config_changes
 from vgssl_jax.errors import Preempted, TrainingDiverged
+from vgssl_jax.models import registry
 from vgssl_jax.objectives.base import Objective
 from vgssl_jax.progress import Progress
 from vgssl_jax.training import checkpoints
@@ -41,10 +42,10 @@ Validate = Callable[[TrainState], dict]
 
 def fresh_progress() -> dict:
   """Where a run stands: epoch (0-based), segment and step within it; with a started
-  segment, its plan and the data iterator's state; the epoch's running sums; the best
-  validation score and the validations without a better one."""
+  segment, its plan and the data iterator's state; the epoch's running sums; the epoch
+  source's state; the best validation score and the validations without a better one."""
   return {"epoch": 0, "segment": 0, "step_in_segment": 0, "plan": None, "iterator": None,
-          "sums": fresh_sums(), "best": None, "stale": 0, "stopped_early": False}
+          "sums": fresh_sums(), "source": {}, "best": None, "stale": 0, "stopped_early": False}
 
 
 def fresh_sums() -> dict:
@@ -103,8 +104,9 @@ class Trainer:
     self.config, self.objective, self.mesh, self.source = config, objective, mesh, source
     self.workdir, self.validate, self.selection = workdir, validate, selection
     tc = config.train
-    self.tx = make_optimizer(tc.lr)
-    self.step_fn = jit_train_step(objective, self.tx, mesh, tc.grad_accum_steps)
+    self.tx = make_optimizer(tc.lr, tc.optimizer, tc.weight_decay)
+    self.step_fn = jit_train_step(objective, self.tx, mesh, tc.grad_accum_steps,
+                                  registry.frozen_modules(config.model))
     self.metrics = MetricsWriter(workdir)
     self.signals = _Signals()
     self.mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), tc.keep_checkpoints)
@@ -170,7 +172,7 @@ class Trainer:
       sums = dict(progress["sums"])
       sums["skipped"] += int(plan.get("skipped_images", 0))
       progress = {**progress, "plan": plan, "step_in_segment": 0, "iterator": None,
-                  "sums": sums}
+                  "sums": sums, "source": self.source.state()}
     iterator, steps = self.source.batches(progress["plan"], epoch, segment)
     if progress["iterator"] is not None:
       iterator.set_state(progress["iterator"])
@@ -218,7 +220,7 @@ class Trainer:
     """Runs (the rest of) epoch progress["epoch"]; returns the state, the progress at the
     epoch's end and the epoch record."""
     tc, epoch = self.config.train, progress["epoch"]
-    lr = epoch_lr(tc.lr, epoch, tc.epochs, tc.lr_schedule, tc.warmup_epochs)
+    lr = epoch_lr(tc.lr, epoch, tc.epochs, tc.lr_schedule, tc.warmup_epochs, tc.schedule)
     state = with_lr(state, lr)
     while progress["segment"] < self.source.segments(epoch):
       state, progress = self.train_segment(state, progress, lr)
@@ -259,6 +261,7 @@ class Trainer:
     validated), every train.checkpoint_every steps, and on SIGTERM."""
     tc = self.config.train
     progress = progress or fresh_progress()
+    self.source.restore(progress.get("source"))
     with self.signals.installed():
       while progress["epoch"] < tc.epochs and not progress["stopped_early"]:
         epoch = progress["epoch"]

@@ -8,16 +8,41 @@ import jax
 import jax.numpy as jnp
 import optax
 
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "step")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+# the original's hard-coded weight decays (docs/original.md §Optimisation)
+DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "adamw": 0.03, "sgd": 1e-3}
 
 
-def make_optimizer(lr: float) -> optax.GradientTransformation:
-  """Adam as the original (betas 0.9/0.999, eps 1e-8, no weight decay).
+def _sgd(learning_rate, weight_decay: float):
+  # torch.optim.SGD(momentum=0.9, weight_decay): the decay is added to the gradient first
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(learning_rate, momentum=0.9))
+
+
+def make_optimizer(lr: float, name: str = "adam",
+                   weight_decay: float = -1.0) -> optax.GradientTransformation:
+  """The original's optimizers: Adam (betas 0.9/0.999, eps 1e-8, no weight decay), AdamW
+  (decoupled decay, 0.03) or SGD (momentum 0.9, decay 1e-3); weight_decay < 0 takes
+  those defaults.
 
   The learning rate is a value in the optimizer state (inject_hyperparams), so the loop
   can set it per epoch (`with_lr`) without recompiling the step.
   """
-  return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+  if name not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
+  wd = DEFAULT_WEIGHT_DECAY[name] if weight_decay < 0 else weight_decay
+  if name == "adam":
+    if wd:
+      return optax.inject_hyperparams(
+          lambda learning_rate: optax.chain(optax.add_decayed_weights(wd),
+                                            optax.adam(learning_rate)))(learning_rate=lr)
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+  if name == "adamw":
+    return optax.inject_hyperparams(
+        lambda learning_rate: optax.adamw(learning_rate, weight_decay=wd))(learning_rate=lr)
+  return optax.inject_hyperparams(lambda learning_rate: _sgd(learning_rate, wd))(
+      learning_rate=lr)
 
 
 def with_lr(state, lr: float):
@@ -31,12 +56,15 @@ def with_lr(state, lr: float):
 
 
 def epoch_lr(lr: float, epoch: int, epochs: int, schedule: str = "constant",
-             warmup_epochs: int = 0) -> float:
-  """The original's learning rate of an epoch (docs/original.md §Optimisation): constant, or
+             warmup_epochs: int = 0, milestones=(60, 80)) -> float:
+  """The original's learning rate of an epoch (docs/original.md §Optimisation): constant;
   with --cosine_scheduler lr * (0.1 (1 - a) + a), a = epoch / warmup, during warm-up, then
-  lr * (1 + cos(pi * epoch / epochs)) / 2, piecewise constant per epoch."""
+  lr * (1 + cos(pi * epoch / epochs)) / 2, piecewise constant per epoch; or the step decay
+  (AdamW without cosine): lr * 0.1 per milestone epoch reached."""
   if schedule == "constant":
     return lr
+  if schedule == "step":
+    return lr * 0.1 ** sum(epoch >= m for m in milestones)
   if schedule != "cosine":
     raise ValueError(f"unknown lr schedule {schedule!r}; expected one of {LR_SCHEDULES}")
   if epoch < warmup_epochs:

@@ -26,10 +26,11 @@ from vgssl_jax.objectives.base import retrieval_variables
 from vgssl_jax.training import checkpoints
 from vgssl_jax.training.geopairs import GeoPairSource
 from vgssl_jax.training.loop import Trainer
-from vgssl_jax.training.state import with_pretrained_backbone
+from vgssl_jax.training import initial_weights
+from vgssl_jax.training.triplets import TripletSource
 
 # epoch source of each objective family (objectives.registry.ObjectiveEntry.epoch_source)
-EPOCH_SOURCES = {"geopairs": GeoPairSource}
+EPOCH_SOURCES = {"geopairs": GeoPairSource, "triplets": TripletSource}
 
 
 def _write_json(path: str, data) -> None:
@@ -51,9 +52,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) and evaluates; writes {"before": ..., "after": ...} to results.json."""
   start = time.perf_counter()
   objective = registry.build_objective(config)
-  if config.model.pretrained:  # a wrong weights file is reported before anything is written
-    models_registry.check_pretrained(config.model, abstract_variables(
-        objective.model, config.data.image_size), config.data.image_size)
+  # wrong weights files are reported before anything is written
+  abstract = abstract_variables(objective.model, config.data.image_size)
+  if config.model.pretrained:
+    models_registry.check_pretrained(config.model, abstract, config.data.image_size)
+  if config.train.init_from:
+    initial_weights.check_init_from(config, abstract)
   checkpoints.check_workdir(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -80,13 +84,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
     options = runner.EvalOptions.from_config(config.eval).for_validation()
     validate = lambda state: runner.evaluate_places(  # noqa: E731
         embedder, retrieval_variables(state.params, state.batch_stats), val_places, options)
-  trainer = Trainer(config, objective, mesh, source, workdir, validate)
+  selection = f"recall@{config.eval.recall_values[config.train.save_best]}"
+  trainer = Trainer(config, objective, mesh, source, workdir, validate, selection)
 
   def init_state():
     state = trainer.init_state()
-    if not config.model.pretrained:
-      return state
-    return with_pretrained_backbone(state, config.model, config.data.image_size, mesh)
+    if config.model.pretrained:
+      state = initial_weights.with_pretrained_backbone(state, config.model, config.data.image_size,
+                                                       mesh)
+    if config.train.init_from:
+      state = initial_weights.with_init_from(state, config, mesh)
+    elif config.model.aggregation == "netvlad" and config.model.backbone != "deit":
+      state = initial_weights.with_netvlad_init(state, config, train_places.places, embedder,
+                                                mesh)
+    return state
   state, progress = trainer.resume_or_init(init_state)
 
   def evaluate(state):

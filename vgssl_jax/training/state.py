@@ -11,7 +11,6 @@ import optax
 from jax.sharding import Mesh
 
 from vgssl_jax import sharding
-from vgssl_jax.models import registry
 from vgssl_jax.objectives.base import Objective
 
 
@@ -49,21 +48,3 @@ def abstract_train_state(objective: Objective, tx: optax.GradientTransformation,
   shapes = jax.eval_shape(_init_fn(objective, tx, 0, image_size))
   placed = sharding.replicated(mesh)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placed), shapes)
-
-
-def with_pretrained_backbone(state: TrainState, model_config, image_size,
-                             mesh: Mesh) -> TrainState:
-  """`state` with the network's backbone from `model_config.pretrained` (ImageNet weights
-  of the backbone's family). A target copy (BYOL, MoCo) starts as the online network, as
-  without weights; Adam's moments are zeros whatever the parameters, so they stay."""
-  variables = registry.load_pretrained(model_config, {"params": state.params["net"],
-                                                      "batch_stats": state.batch_stats["net"]},
-                                       image_size)
-  variables = jax.device_put(variables, sharding.replicated(mesh))
-  params = {**state.params, "net": variables["params"]}
-  batch_stats = {**state.batch_stats, "net": variables["batch_stats"]}
-  objective_state = state.objective_state
-  if isinstance(objective_state, dict) and "target" in objective_state:
-    objective_state = {**objective_state, "target": {"params": variables["params"],
-                                                     "batch_stats": variables["batch_stats"]}}
-  return state.replace(params=params, batch_stats=batch_stats, objective_state=objective_state)

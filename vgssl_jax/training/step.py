@@ -18,8 +18,20 @@ from vgssl_jax.objectives.base import Objective
 from vgssl_jax.training.state import TrainState
 
 
+def _freeze(updates: dict, frozen: tuple[str, ...]) -> dict:
+  """`updates` with zeros for the network's frozen backbone modules (their BatchNorm
+  statistics, which are not parameters, still follow the batches: train.py's behaviour)."""
+  if not frozen:
+    return updates
+  backbone = dict(updates["net"]["backbone"])
+  for name in frozen:
+    backbone[name] = jax.tree.map(jnp.zeros_like, backbone[name])
+  return {**updates, "net": {**updates["net"], "backbone": backbone}}
+
+
 def train_step(state: TrainState, batch: dict, *, objective: Objective,
-               tx: optax.GradientTransformation, accumulate: int = 1) -> tuple[TrainState, dict]:
+               tx: optax.GradientTransformation, accumulate: int = 1,
+               frozen: tuple[str, ...] = ()) -> tuple[TrainState, dict]:
   """One optimizer step: the objective's loss and gradients -> optimizer; then the
   objective's state update (EMA targets) with the pre-step parameters.
 
@@ -54,7 +66,7 @@ def train_step(state: TrainState, batch: dict, *, objective: Objective,
     grads = jax.tree.map(lambda g: g / accumulate, grads)
     loss = jnp.mean(micro_losses)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  params = optax.apply_updates(state.params, _freeze(updates, frozen))
   objective_state = objective.after_update(objective_state, state.params)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, objective_state=objective_state)
@@ -62,9 +74,11 @@ def train_step(state: TrainState, batch: dict, *, objective: Objective,
 
 
 def jit_train_step(objective: Objective, tx: optax.GradientTransformation, mesh: Mesh,
-                   accumulate: int = 1):
-  """The sharded, jitted step: state replicated, batch sharded over "data", state donated."""
-  step = functools.partial(train_step, objective=objective, tx=tx, accumulate=accumulate)
+                   accumulate: int = 1, frozen: tuple[str, ...] = ()):
+  """The sharded, jitted step: state replicated, batch sharded over "data", state donated.
+  `frozen`: backbone modules whose parameters stay (models.registry.frozen_modules)."""
+  step = functools.partial(train_step, objective=objective, tx=tx, accumulate=accumulate,
+                           frozen=tuple(frozen))
   return jax.jit(step, in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
                  out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
                  donate_argnums=0)

@@ -19,7 +19,8 @@ _MAX_LISTED = 30
 
 _PARAM_NAMES = {"scale": "weight", "bias": "bias", "kernel": "weight", "p": "p",
                 # DeiT's tokens and position embedding keep their names and layouts
-                "cls_token": "cls_token", "dist_token": "dist_token", "pos_embed": "pos_embed"}
+                "cls_token": "cls_token", "dist_token": "dist_token", "pos_embed": "pos_embed",
+                "centroids": "centroids"}  # NetVLAD
 _STAT_NAMES = {"mean": "running_mean", "var": "running_var"}
 
 

@@ -19,24 +19,16 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from vgssl_jax.errors import ConfigError
 from vgssl_jax.models.weights.files import State, load_state_dict
-from vgssl_jax.models.weights.names import from_torch_state, replace_subtrees, subtrees
+from vgssl_jax.models.weights.names import (from_torch_state, replace_subtrees, subtrees,
+                                           torch_layout)
 
 # VG-SSL's nn.Sequential of ResNet children -> torchvision names (2: ReLU, 3: max-pool).
 SEQUENTIAL_BACKBONE = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3",
                        "7": "layer4"}
-# Where each aggregation layout keeps GeM's p and the FC, as our export names them.
-AGGREGATION_LAYOUTS = {
-    "projector": {"aggregation.0.0.1.p": "aggregation.gem.p",        # n_layers > 0
-                  "aggregation.0.1.weight": "aggregation.fc.weight",
-                  "aggregation.0.1.bias": "aggregation.fc.bias"},
-    "plain": {"aggregation.0.1.p": "aggregation.gem.p",              # n_layers = 0
-              "aggregation.1.weight": "aggregation.fc.weight",
-              "aggregation.1.bias": "aggregation.fc.bias"},
-    "export": {k: k for k in ("aggregation.gem.p", "aggregation.fc.weight",
-                              "aggregation.fc.bias")},
-}
 _DEIT_HINTS = ("cls_token", "dist_token", "pos_embed", "patch_embed.", "blocks.")
 
 
@@ -56,13 +48,67 @@ def is_deit_state(state: State) -> bool:
   return any(k.removeprefix("backbone.").startswith(_DEIT_HINTS) for k in state)
 
 
-def canonical_vgssl_state(state: State, deit: bool = False) -> tuple[State, dict]:
+def original_aggregation_names(ours, projector: bool, pool_index: str) -> dict[str, str]:
+  """Our export names of the aggregation's tensors -> the original's keys.
+
+  The original's aggregation is Sequential(pooling block, Linear, L2Norm) with an FC and the
+  pooling block alone without; the pooling block of GeM is Sequential(L2Norm, GeM, Flatten)
+  (`l2` before_pool: GeM at index 1) or Sequential(GeM, ...) (index 0); NetVLAD is bare. With
+  a projector (SSL, n_layers > 0) all of it is wrapped once more as index 0, the projector
+  being index 1."""
+  fc = any(n.startswith("aggregation.fc.") for n in ours)
+  head = "aggregation." + ("0." if projector else "")
+  pool = head + ("0." if fc else "")
+  out = {}
+  for name in ours:
+    part, _, rest = name[len("aggregation."):].partition(".")
+    if part == "fc":
+      out[name] = f"{head}1.{rest}"
+    elif part == "gem":
+      out[name] = f"{pool}{pool_index}.{rest}"
+    else:  # netvlad
+      out[name] = f"{pool}{rest}"
+  return out
+
+
+def _aggregation_layout(state: State, target_shapes: dict) -> tuple[str, dict[str, str]]:
+  """(layout, {our name: the state's key}) of the aggregation tensors in `state`:
+  "export" (our own names), "plain" or "projector" (the original's, see
+  original_aggregation_names). target_shapes: {our name: torch shape}."""
+  ours = [n for n in target_shapes if n.startswith("aggregation.")]
+  candidates = [("export", {n: n for n in ours})]
+  for projector in (False, True):
+    for index in ("1", "0"):
+      candidates.append(("projector" if projector else "plain",
+                         original_aggregation_names(ours, projector, index)))
+
+  def fits(names):
+    return all(k in state and tuple(np.shape(state[k])) == target_shapes[n]
+               for n, k in names.items())
+
+  def leftover(layout, names):  # aggregation.* keys the layout cannot place or ignore
+    used = set(names.values())
+    return [k for k in state if k.startswith("aggregation.") and k not in used and not (
+        layout == "projector" and k.startswith("aggregation.1."))]
+  found = [(layout, names) for layout, names in candidates if fits(names)]
+  clean = [c for c in found if not leftover(*c)]
+  if not found:
+    wanted = "; ".join(f"{lay}: {', '.join(sorted(names.values())) or 'none'}"
+                       for lay, names in candidates[:3])
+    raise ConfigError(f"the checkpoint's aggregation tensors do not fit this model's "
+                      f"(model.aggregation, model.l2, model.fc_output_dim): expected e.g. "
+                      f"{wanted}.")
+  return (clean or found)[0]
+
+
+def canonical_vgssl_state(state: State, target_shapes: dict, deit: bool = False
+                          ) -> tuple[State, dict]:
   """A VG-SSL / exported state dict renamed to our export layout, and a report.
 
-  `deit`: whether the target network is a DeiT. The report: {"layout": "projector" |
-  "plain" | "export" | "deit", "loaded": {our name: source key}, "ignored": {reason:
-  [keys]}}. Keys it cannot place are kept (under their own names), so that the strict
-  load lists them.
+  target_shapes: {our export name: torch shape} of the network to fill (names.torch_layout);
+  `deit`: whether it is a DeiT. The report: {"layout": "projector" | "plain" | "export" |
+  "deit", "loaded": {our name: source key}, "ignored": {reason: [keys]}}. Keys it cannot
+  place are kept (under their own names), so that the strict load lists them.
   """
   keys = set(state)
   if is_deit_state(state) != deit:
@@ -79,16 +125,8 @@ def canonical_vgssl_state(state: State, deit: bool = False) -> tuple[State, dict
   if deit:
     layout, renames = "deit", {}
   else:
-    # each layout's first key is GeM's p
-    found = [name for name, lay in AGGREGATION_LAYOUTS.items() if next(iter(lay)) in keys]
-    if len(found) != 1:
-      p_keys = ", ".join(next(iter(lay)) for lay in AGGREGATION_LAYOUTS.values())
-      what = f"several GeM layouts ({', '.join(found)})" if found else "no GeM parameter"
-      raise ConfigError(f"the checkpoint has {what}: expected exactly one of {p_keys}. "
-                        "Is it a VG-SSL ResNet + GeM checkpoint (aggregation gem, "
-                        "fc_output_dim set)?")
-    layout = found[0]
-    renames = AGGREGATION_LAYOUTS[layout]
+    layout, ours_to_key = _aggregation_layout(state, target_shapes)
+    renames = {k: n for n, k in ours_to_key.items()}
   for key in sorted(keys):
     if key.startswith("ssl_model."):
       ignored["ssl_model.* (SSL wrapper copies)"].append(key)
@@ -96,16 +134,20 @@ def canonical_vgssl_state(state: State, deit: bool = False) -> tuple[State, dict
     if key.endswith("num_batches_tracked"):
       ignored["num_batches_tracked"].append(key)
       continue
-    # the projector: DeiT's aggregation is the identity, so aggregation.1.* is the projector
-    if ((layout in ("projector", "deit") and key.startswith("aggregation.")) or
-        key.startswith("projector.")):
+    if key in renames:
+      out[renames[key]] = state[key]
+      loaded[renames[key]] = key
+      continue
+    # the projector: DeiT's aggregation is the identity, so aggregation.* is the projector
+    if ((layout == "deit" and key.startswith("aggregation.")) or key.startswith("projector.")
+        or (layout == "projector" and key.startswith("aggregation.1."))):
       ignored["projector"].append(key)
       continue
     if deit:
       # Lightning: backbone.<timm name>; train.py's bare DeiT: <timm name>
       name = key if key.startswith("backbone.") else f"backbone.{key}"
     else:
-      name = _backbone_name(key) if key.startswith("backbone.") else renames.get(key, key)
+      name = _backbone_name(key) if key.startswith("backbone.") else key
     out[name] = state[key]
     loaded[name] = key
   return out, {"layout": layout, "loaded": loaded,
@@ -131,8 +173,9 @@ def import_vgssl_state(state: State, variables: dict) -> tuple[dict, dict]:
   VG-SSL state dict loaded into GeoLocalizationNet `variables` (the projector keeps its
   values). See `import_vgssl_checkpoint`."""
   deit = "pos_embed" in variables["params"]["backbone"]
-  canonical, report = canonical_vgssl_state(state, deit)
   target = subtrees(variables, ("backbone", "aggregation"))
+  shapes = {name: shape for name, (_, _, shape) in torch_layout(target).items()}
+  canonical, report = canonical_vgssl_state(state, shapes, deit)
   if deit:
     _check_position_grid(canonical, target)
   loaded = from_torch_state(canonical, target, "Check model.backbone, model.width (model.vit.* "

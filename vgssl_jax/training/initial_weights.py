@@ -1,0 +1,165 @@
+"""Where a new run's network starts, besides its random init: ImageNet weights of the
+backbone (`model.pretrained`), a stage-1 network to fine-tune (`train.init_from`), and
+NetVLAD's k-means initialisation. Each replaces parts of the train state's "net" group;
+a target copy (BYOL, MoCo) follows the online network, as it does at init."""
+
+from __future__ import annotations
+
+import logging
+
+import faiss
+import jax
+import numpy as np
+from flax import traverse_util
+from jax.sharding import Mesh
+
+from vgssl_jax import sharding
+from vgssl_jax.config import model_config_from
+from vgssl_jax.errors import ConfigError
+from vgssl_jax.evaluation.embedder import Embedder
+from vgssl_jax.models import registry
+from vgssl_jax.models.aggregation import netvlad_init_params
+from vgssl_jax.models.network import init_variables
+from vgssl_jax.models.weights import vgssl
+from vgssl_jax.models.weights.files import is_weight_file, load_state_dict
+from vgssl_jax.models.weights.names import replace_subtrees, subtrees
+from vgssl_jax.training import checkpoints
+from vgssl_jax.training.state import TrainState
+
+# the settings that make two networks' backbone + aggregation interchangeable
+NETWORK_KEYS = ("backbone", "width", "vit", "aggregation", "l2", "netvlad_clusters",
+                "fc_output_dim")
+
+
+def replace_net(state: TrainState, variables: dict, mesh: Mesh) -> TrainState:
+  """`state` with the network's variables replaced by `variables` ({"params",
+  "batch_stats"} of the whole net, NumPy or device arrays)."""
+  variables = jax.device_put(variables, sharding.replicated(mesh))
+  params = {**state.params, "net": variables["params"]}
+  batch_stats = {**state.batch_stats, "net": variables["batch_stats"]}
+  objective_state = state.objective_state
+  if isinstance(objective_state, dict) and "target" in objective_state:
+    objective_state = {**objective_state, "target": {"params": variables["params"],
+                                                     "batch_stats": variables["batch_stats"]}}
+  return state.replace(params=params, batch_stats=batch_stats, objective_state=objective_state)
+
+
+def net_variables(state: TrainState) -> dict:
+  return jax.device_get({"params": state.params["net"], "batch_stats": state.batch_stats["net"]})
+
+
+def with_pretrained_backbone(state: TrainState, model_config, image_size,
+                             mesh: Mesh) -> TrainState:
+  """`state` with the network's backbone from `model_config.pretrained` (ImageNet weights
+  of the backbone's family). Adam's moments are zeros whatever the parameters, so the
+  optimizer state stays."""
+  variables = registry.load_pretrained(model_config, net_variables(state), image_size)
+  return replace_net(state, variables, mesh)
+
+
+def _names(tree: dict) -> set[str]:
+  return {".".join(k) for k in traverse_util.flatten_dict(tree)}
+
+
+def load_init_from(path: str, config, variables: dict) -> tuple[dict, list[str]]:
+  """(network variables with backbone + aggregation from `path`, the names loaded).
+
+  `path`: one of our runs (its workdir, checkpoints/ or a step folder: the best checkpoint
+  by validation, else the latest) or a weights file (a VG-SSL checkpoint of train_ssl.py or
+  train.py, or one of our exports). The projector and anything else stay as initialised."""
+  if is_weight_file(path):
+    loaded, report = vgssl.import_vgssl_state(load_state_dict(path), variables)
+    return loaded, sorted(report["loaded"])
+  directory, step, meta, theirs = _run_network(path, config)
+  from vgssl_jax.objectives.registry import build_network  # pylint: disable=import-outside-toplevel
+  image_size = tuple(meta.get("image_size") or config.data.image_size)
+  model = build_network(theirs, meta["method"], image_size)
+  template = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), image_size))
+  saved = checkpoints.restore_variables(directory, step, template,
+                                        jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  taken = jax.device_get(subtrees(saved, ("backbone", "aggregation")))
+  logging.info("train.init_from: step %d of %s (%s, method %s)", step, directory,
+               theirs.backbone, meta["method"])
+  return replace_subtrees(variables, taken), sorted(
+      f"{c}.{n}" for c in ("params", "batch_stats") for n in _names(taken.get(c, {})))
+
+
+def _plain(value):
+  return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _run_network(path: str, config):
+  """(directory, step, meta, model settings) of the run `path`; ConfigError when its
+  network cannot give this config's backbone + aggregation."""
+  directory, step, meta = checkpoints.read_meta(path)
+  theirs, ours = model_config_from(meta["model"]), config.model
+  differ = [f"model.{k}: {_plain(theirs[k])!r} in the run, {_plain(ours[k])!r} here"
+            for k in NETWORK_KEYS if _plain(theirs[k]) != _plain(ours[k])
+            and not (k == "vit" and ours.backbone != "deit")]
+  if differ:
+    raise ConfigError(f"train.init_from={path}: its network differs from this config's "
+                      f"({'; '.join(differ)}); set those model.* values to the run's.")
+  return directory, step, meta, theirs
+
+
+def check_init_from(config, abstract: dict) -> None:
+  """ConfigError before any work unless train.init_from can start this network: the path
+  exists, and a weights file fits the network's shapes or a run has the same network."""
+  path = config.train.init_from
+  if is_weight_file(path):
+    vgssl.import_vgssl_state(load_state_dict(path), abstract)
+  else:
+    _run_network(path, config)
+
+
+def with_init_from(state: TrainState, config, mesh: Mesh) -> TrainState:
+  """`state` whose network starts from train.init_from (fine-tuning): which tensors were
+  loaded and which stay new is logged (the original ignores wrong keys silently)."""
+  variables = net_variables(state)
+  loaded, names = load_init_from(config.train.init_from, config, variables)
+  everything = {f"{c}.{n}" for c in ("params", "batch_stats") for n in _names(variables[c])}
+  new = sorted(n for n in everything if not any(
+      n.startswith(prefix) for prefix in ("params.backbone", "params.aggregation",
+                                          "batch_stats.backbone", "batch_stats.aggregation")))
+  logging.info("train.init_from %s: loaded %d tensors (backbone and aggregation); new: %s",
+               config.train.init_from, len(names), ", ".join(new) or "none")
+  return replace_net(state, loaded, mesh)
+
+
+def with_netvlad_init(state: TrainState, config, places, embedder: Embedder,
+                      mesh: Mesh) -> TrainState:
+  """NetVLAD's centroids and assignment from k-means (faiss, 100 iterations) over 50,000
+  backbone descriptors: 100 random locations (L2-normalised) of each of 500 random training
+  images (database and queries), as the benchmark's initialize_netvlad_layer."""
+  descriptors_num, per_image = 50_000, 100
+  rng = np.random.default_rng([config.seed, 7])
+  total = places.num_database + places.num_queries
+  picks = np.sort(rng.choice(total, min(-(-descriptors_num // per_image), total), replace=False))
+  variables = net_variables(state)
+  chunks = []
+  for part, ids in (("database", picks[picks < places.num_database]),
+                    ("queries", picks[picks >= places.num_database] - places.num_database)):
+    if not len(ids):
+      continue
+    maps = embedder(variables, places.images(part), ids, output="feature_map",
+                    desc=f"NetVLAD init ({part})")
+    maps = maps.reshape(len(ids), -1, maps.shape[-1])
+    maps /= np.maximum(np.linalg.norm(maps, axis=-1, keepdims=True), 1e-12)
+    take = min(per_image, maps.shape[1])
+    for image in maps:
+      chunks.append(image[rng.choice(len(image), take, replace=False)])
+  descriptors = np.ascontiguousarray(np.concatenate(chunks), np.float32)
+  clusters = config.model.netvlad_clusters
+  if len(descriptors) < clusters:
+    raise ConfigError(f"model.netvlad_clusters={clusters} exceeds the {len(descriptors)} "
+                      "local descriptors sampled for its k-means initialisation.")
+  kmeans = faiss.Kmeans(descriptors.shape[1], clusters, niter=100, verbose=False,
+                        seed=int(config.seed))
+  kmeans.train(descriptors)
+  init = netvlad_init_params(kmeans.centroids, descriptors)
+  logging.info("NetVLAD initialised by k-means: %d clusters over %d descriptors of %d images, "
+               "alpha %.2f", clusters, len(descriptors), len(picks), init["alpha"])
+  params = dict(variables["params"])
+  params["aggregation"] = {**params["aggregation"],
+                           "netvlad": {"centroids": init["centroids"], "conv": init["conv"]}}
+  return replace_net(state, {**variables, "params": params}, mesh)

@@ -1,0 +1,81 @@
+"""The supervised path's epoch source: cache-refresh rounds of triplet mining, then tuple
+batches (docs/original.md §Supervised training).
+
+An epoch is ceil(queries_per_epoch / cache_refresh_rate) segments. Each samples
+cache_refresh_rate training queries, embeds them and their candidates with the current
+model in eval mode (the retrieval descriptor), picks each query's best positive and M
+hardest negatives (data_pipelines.mining.compute_triplets), and trains on the tuples in
+that order (train.py's loader does not shuffle), train.batch_size per step. Full mining's
+per-query cache of previous negatives is this source's state, saved with checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+
+from data_pipelines import loader, mining
+from data_pipelines.places import TrainPlaces
+from vgssl_jax import data_config
+from vgssl_jax.evaluation import search
+from vgssl_jax.evaluation.embedder import Embedder
+from vgssl_jax.objectives.base import Objective, retrieval_variables
+
+
+class TripletSource:
+  def __init__(self, config, objective: Objective, train_places: TrainPlaces,
+               embedder: Embedder):
+    self.config, self.objective, self.train = config, objective, train_places
+    self.embedder = embedder
+    tc = config.train
+    self.mining = mining.TripletMiningConfig(tc.cache_refresh_rate, tc.mining,
+                                             tc.neg_samples_num, tc.negs_num_per_query)
+    # msls_weighted: an error (no night/sideways metadata) shows before any model work
+    self.weights = mining.msls_weights(train_places) if tc.mining == "msls_weighted" else None
+    self.options = data_config.loader_options(config)
+    self.items_per_step = tc.batch_size
+    self.throughput = {"queries": tc.batch_size,
+                       "images": tc.batch_size * (2 + tc.negs_num_per_query)}
+    self.neg_cache: dict[int, np.ndarray] = {}
+
+  def segments(self, epoch: int) -> int:
+    del epoch
+    tc = self.config.train
+    return math.ceil(tc.queries_per_epoch / tc.cache_refresh_rate)
+
+  def state(self) -> dict:
+    return {"neg_cache": {str(q): n.tolist() for q, n in self.neg_cache.items()}}
+
+  def restore(self, state: dict) -> None:
+    self.neg_cache = {int(q): np.asarray(n, np.int64)
+                      for q, n in (state or {}).get("neg_cache", {}).items()}
+
+  def mine(self, state, epoch: int, segment: int) -> dict:
+    places = self.train.places
+    variables = retrieval_variables(state.params, state.batch_stats)
+    skipped = [0]
+
+    def embed(part, indices):
+      feats = self.embedder(variables, places.images(part), indices,
+                            output=self.objective.mining_output,
+                            desc=f"refresh {segment + 1}: {part}", skip_unreadable=True)
+      skipped[0] += int((~np.isfinite(feats).all(axis=1)).sum())
+      return feats
+    rng = np.random.default_rng([self.config.seed, epoch, segment])
+    t = mining.compute_triplets(self.train, embed, rng, self.mining, search, self.neg_cache,
+                                self.weights)
+    return {"queries": t.queries.tolist(), "positives": t.positives.tolist(),
+            "negatives": t.negatives.tolist(), "skipped_images": skipped[0]}
+
+  def batches(self, plan: dict, epoch: int, segment: int):
+    del epoch, segment
+    items = np.concatenate([np.asarray(plan["queries"])[:, None],
+                            np.asarray(plan["positives"])[:, None],
+                            np.asarray(plan["negatives"])], axis=1)
+    steps = len(items) // self.items_per_step
+    plan_steps = items[:steps * self.items_per_step].reshape(steps, self.items_per_step, -1)
+    local = loader.local_items(plan_steps, jax.process_index(), jax.process_count())
+    local_batch = self.items_per_step // jax.process_count()
+    return iter(loader.tuple_dataset(self.train.places, local, local_batch, self.options)), steps
