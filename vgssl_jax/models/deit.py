@@ -16,11 +16,13 @@ the original resizes the ImageNet 14x14 grid when it loads weights.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vgssl_jax.models import interpolate
 from vgssl_jax.models.layers import Dense, Dtype, l2_normalize
 
 PATCH = 16
@@ -33,14 +35,7 @@ def resize_grid(tokens: jax.Array, old: tuple[int, int], new: tuple[int, int]) -
   antialias (torch's tensor resize of torchvision 0.13, which the original used)."""
   if tuple(old) == tuple(new):
     return tokens
-  grid = tokens.reshape(*old, -1)
-  for axis, (n_in, n_out) in enumerate(zip(old, new)):
-    src = (jnp.arange(n_out, dtype=jnp.float32) + 0.5) * (n_in / n_out) - 0.5
-    src = jnp.maximum(src, 0.0)
-    lo = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_in - 1)
-    hi = jnp.minimum(lo + 1, n_in - 1)
-    frac = (src - lo).reshape([-1 if a == axis else 1 for a in range(3)])
-    grid = jnp.take(grid, lo, axis) * (1 - frac) + jnp.take(grid, hi, axis) * frac
+  grid = interpolate.resize(tokens.reshape(*old, -1), tuple(new), "bilinear")
   return grid.reshape(new[0] * new[1], -1)
 
 
@@ -78,7 +73,7 @@ class PatchEmbed(nn.Module):
     return PatchProjection(self.embed_dim, c, self.dtype, name="proj")(patches)
 
 
-def _norm(name: str) -> nn.LayerNorm:
+def _norm(name: str | None = None) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
 
 
@@ -87,65 +82,116 @@ class Attention(nn.Module):
   dim: int
   num_heads: int
   dtype: Dtype = jnp.float32
+  kernel_init: Any = trunc_normal
 
-  @nn.compact
+  def setup(self):
+    init = dict(dtype=self.dtype, kernel_init=self.kernel_init, bias_init=nn.initializers.zeros)
+    self.qkv = Dense(3 * self.dim, **init)
+    self.proj = Dense(self.dim, **init)
+
+  def _qkv(self, x: jax.Array):
+    n, t, _ = x.shape
+    return jnp.moveaxis(self.qkv(x).reshape(n, t, 3, self.num_heads, -1), 2, 0)
+
   def __call__(self, x: jax.Array) -> jax.Array:
     n, t, _ = x.shape
-    qkv = Dense(3 * self.dim, dtype=self.dtype, kernel_init=trunc_normal,
-                bias_init=nn.initializers.zeros, name="qkv")(x)
-    q, k, v = jnp.moveaxis(qkv.reshape(n, t, 3, self.num_heads, -1), 2, 0)
+    q, k, v = self._qkv(x)
     # softmax(q k^T / sqrt(d)) v; cuDNN's flash attention on GPUs, XLA's elsewhere
     out = jax.nn.dot_product_attention(q, k, v)
-    return Dense(self.dim, dtype=self.dtype, kernel_init=trunc_normal,
-                 bias_init=nn.initializers.zeros, name="proj")(out.reshape(n, t, self.dim))
+    return self.proj(out.reshape(n, t, self.dim))
+
+  def probabilities(self, x: jax.Array) -> jax.Array:
+    """(N, heads, T, T) float32 softmax attention of `x` (what stage 2 scores tokens by)."""
+    q, k, _ = self._qkv(x)
+    logits = jnp.einsum("nthd,nshd->nhts", q.astype(jnp.float32), k.astype(jnp.float32))
+    return jax.nn.softmax(logits / math.sqrt(q.shape[-1]), axis=-1)
 
 
 class Mlp(nn.Module):
   dim: int
   hidden: int
   dtype: Dtype = jnp.float32
+  kernel_init: Any = trunc_normal
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    init = dict(dtype=self.dtype, kernel_init=trunc_normal, bias_init=nn.initializers.zeros)
+    init = dict(dtype=self.dtype, kernel_init=self.kernel_init, bias_init=nn.initializers.zeros)
     x = jax.nn.gelu(Dense(self.hidden, name="fc1", **init)(x), approximate=False)
     return Dense(self.dim, name="fc2", **init)(x)
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+  """Pre-norm transformer block (timm's Block): x + attn(norm1(x)), then x + mlp(norm2(x))."""
   dim: int
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
+  kernel_init: Any = trunc_normal
 
-  @nn.compact
+  def setup(self):
+    self.norm1 = _norm()
+    self.attn = Attention(self.dim, self.num_heads, self.dtype, self.kernel_init)
+    self.norm2 = _norm()
+    self.mlp = Mlp(self.dim, int(self.dim * self.mlp_ratio), self.dtype, self.kernel_init)
+
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x + Attention(self.dim, self.num_heads, self.dtype, name="attn")(
-        _norm("norm1")(x).astype(self.dtype))
-    return x + Mlp(self.dim, int(self.dim * self.mlp_ratio), self.dtype, name="mlp")(
-        _norm("norm2")(x).astype(self.dtype))
+    x = x + self.attn(self.norm1(x).astype(self.dtype))
+    return x + self.mlp(self.norm2(x).astype(self.dtype))
+
+  def attention(self, x: jax.Array) -> jax.Array:
+    """The softmax attention this block computes on input `x` (N, heads, T, T)."""
+    return self.attn.probabilities(self.norm1(x).astype(self.dtype))
 
 
 class Blocks(nn.Module):
-  """timm's `blocks`: children named '0', '1', ..."""
+  """timm's `blocks`: children named '0', '1', ... With last_attention, also the tokens
+  entering the last block and that block's attention."""
   depth: int
   dim: int
   num_heads: int
   mlp_ratio: float
   dtype: Dtype
+  kernel_init: Any = trunc_normal
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, last_attention: bool = False):
+    entering = attention = None
     for i in range(self.depth):
-      x = Block(self.dim, self.num_heads, self.mlp_ratio, self.dtype, name=str(i))(x)
-    return x
+      block = Block(self.dim, self.num_heads, self.mlp_ratio, self.dtype, self.kernel_init,
+                    name=str(i))
+      if last_attention and i == self.depth - 1:
+        entering, attention = x, block.attention(x)
+      x = block(x)
+    return (x, entering, attention) if last_attention else x
+
+
+def crop_grid(grid: jax.Array, h: int, w: int) -> jax.Array:
+  """The position grid (gh, gw, D) for an h x w patch grid, by GeoLocalizationNetRerank's
+  rule: a centred new x new square (new = max(h, w)) cut from the grid when it is large
+  enough, else pos_resize to new x new; then its middle w columns (h >= w) or h rows."""
+  gh, gw = grid.shape[:2]
+  new = max(h, w)
+  if gh >= new and gw >= new:
+    top, left = gh // 2 - new // 2, gw // 2 - new // 2
+    square = grid[top:top + new, left:left + new]
+  else:
+    square = interpolate.pos_resize(grid, (new, new))
+  if h >= w:
+    return square[:, new // 2 - w // 2:new // 2 - w // 2 + w]
+  return square[new // 2 - h // 2:new // 2 - h // 2 + h]
 
 
 class DistilledViT(nn.Module):
   """Input: (N, H, W, 3) normalised images (H, W multiples of 16). Output: (N, num_classes)
   L2-normalised float32 descriptors. `grid`: the patch grid of the training image size,
-  which the position embedding is made for."""
+  which the position embedding is made for. Other input sizes use it resized bilinearly
+  (`other_sizes`="resize") or cut / pos_resized as the original's re-ranking network does
+  ("crop").
+
+  With tokens=True also returns {"tokens": the tokens entering the last block (N, 2 + P,
+  D), "attention": the last block's softmax attention of the cls and dist queries to the P
+  patch keys, summed over heads and over the two queries (N, P)}: stage 2's local tokens.
+  """
   grid: tuple[int, int]
   num_classes: int
   embed_dim: int = 384
@@ -153,9 +199,10 @@ class DistilledViT(nn.Module):
   num_heads: int = 6
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
+  other_sizes: str = "resize"
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, images: jax.Array, train: bool, tokens: bool = False):
     del train  # no dropout, drop-path or batch statistics in the original's DeiT
     n, h, w, _ = images.shape
     x = PatchEmbed(self.embed_dim, self.dtype, name="patch_embed")(images)
@@ -164,14 +211,25 @@ class DistilledViT(nn.Module):
     dist = self.param("dist_token", trunc_normal, (1, 1, d), jnp.float32)
     pos = self.param("pos_embed", trunc_normal, (1, 2 + self.grid[0] * self.grid[1], d),
                      jnp.float32)
-    grid_pos = resize_grid(pos[0, 2:], self.grid, (h // PATCH, w // PATCH))
-    pos = jnp.concatenate([pos[0, :2], grid_pos])[None]
+    gh, gw = h // PATCH, w // PATCH
+    if (gh, gw) != tuple(self.grid):
+      if self.other_sizes == "crop":
+        patches = crop_grid(pos[0, 2:].reshape(*self.grid, d), gh, gw).reshape(gh * gw, d)
+      else:
+        patches = resize_grid(pos[0, 2:], self.grid, (gh, gw))
+      pos = jnp.concatenate([pos[0, :2], patches])[None]
     x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, d)), jnp.broadcast_to(dist, (n, 1, d)),
                          x.astype(jnp.float32)], axis=1) + pos
-    x = Blocks(self.depth, d, self.num_heads, self.mlp_ratio, self.dtype, name="blocks")(
-        x.astype(self.dtype))
+    out = Blocks(self.depth, d, self.num_heads, self.mlp_ratio, self.dtype, name="blocks")(
+        x.astype(self.dtype), last_attention=tokens)
+    x = out[0] if tokens else out
     x = _norm("norm")(x)
     head = dict(dtype=jnp.float32, kernel_init=trunc_normal, bias_init=nn.initializers.zeros)
     a = Dense(self.num_classes, name="head", **head)(x[:, 0])
     b = Dense(self.num_classes, name="head_dist", **head)(x[:, 1])
-    return l2_normalize((a + b) / 2, axis=-1)
+    descriptor = l2_normalize((a + b) / 2, axis=-1)
+    if not tokens:
+      return descriptor
+    _, entering, attention = out
+    return descriptor, {"tokens": entering.astype(jnp.float32),
+                        "attention": attention[:, :, :2, 2:].sum(axis=(1, 2))}

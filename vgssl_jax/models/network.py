@@ -11,10 +11,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vgssl_jax.models import registry
+from vgssl_jax.models import local_tokens, registry
 from vgssl_jax.models.aggregation import Aggregation, descriptor_dim
 from vgssl_jax.models.heads import Projector
-from vgssl_jax.models.layers import Dtype
+from vgssl_jax.models.layers import Dense, Dtype
+from vgssl_jax.models.r2former import R2Former
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -28,12 +29,22 @@ class GeoLocalizationNet(nn.Module):
   mining cache. With project=False the projector is skipped; feature_map=True adds the
   backbone's output. `aggregation` is None for backbones that output the descriptor
   themselves.
+
+  Stage 2 (re-ranking) networks also have `local_head` and `Reranker` (an R2Former; both
+  named as the original's state-dict keys): local=True adds "local" (N, n, 3 + local_dim),
+  the image's local tokens (models.local_tokens), and `rerank` scores (query, candidate)
+  pairs. The local head's input is detached unless `finetune` (the original's
+  --finetune), so only it and the R2Former learn from the re-ranking loss.
   """
   backbone: nn.Module
   aggregation: nn.Module | None
   projector: Projector
   descriptor_dim: int
   dtype: Dtype = jnp.float32
+  local_head: nn.Module | None = None
+  Reranker: R2Former | None = None  # noqa: N815 (the original's name)
+  num_local: int = 500
+  finetune: bool = False
 
   @property
   def projection_dim(self) -> int:
@@ -41,8 +52,13 @@ class GeoLocalizationNet(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool, project: bool = True,
-               feature_map: bool = False) -> dict:
-    features = self.backbone(images, train)
+               feature_map: bool = False, local: bool = False) -> dict:
+    if local and self.local_head is None:
+      raise ValueError("this network has no local tokens (model.local_dim = 0)")
+    if local:
+      features, maps = self.backbone(images, train, tokens=True)
+    else:
+      features = self.backbone(images, train)
     if self.aggregation is None:
       descriptor = features
     else:
@@ -57,6 +73,34 @@ class GeoLocalizationNet(nn.Module):
       out["feature_map"] = features.astype(jnp.float32)
     if project:
       out["projection"] = self.projector(descriptor, train)
+    if local:
+      out["local"] = self._local_tokens(images.shape[1:3], features, maps)
+    return out
+
+  def _local_tokens(self, image_hw, features, maps) -> jax.Array:
+    if "tokens" in maps:  # DeiT
+      feats, coords = local_tokens.deit_tokens(maps["tokens"], maps["attention"],
+                                               self.num_local, image_hw)
+    else:                 # a conv5 ResNet: layer3 tokens, layer4 x FC saliency
+      kernel = self.aggregation.variables["params"]["fc"]["kernel"]
+      feats, coords = local_tokens.cnn_tokens(maps["layer3"], features, kernel,
+                                              self.num_local, image_hw)
+    if not self.finetune:
+      feats = jax.lax.stop_gradient(feats)
+    return jnp.concatenate([coords, self.local_head(feats).astype(jnp.float32)], axis=-1)
+
+  def rerank(self, x_global, x_local, y_global, y_local):
+    """(logits (B, 2), final_score (B,)) of B (query, candidate) pairs."""
+    return self.Reranker(x_global, x_local, y_global, y_local)
+
+  def rerank_logits(self, x_local, y_local):
+    """The logits alone (what the re-ranked order is sorted by)."""
+    return self.Reranker.logits(x_local, y_local)
+
+  def init_all(self, images: jax.Array, train: bool) -> dict:
+    """Touches every submodule (initialisation of a stage-2 network)."""
+    out = self(images, train, local=True)
+    self.rerank(out["descriptor"], out["local"], out["descriptor"], out["local"])
     return out
 
 
@@ -75,12 +119,21 @@ def build_model(model_config, projector_family: str, image_size) -> GeoLocalizat
     aggregation, size = None, mc.fc_output_dim
   projector = (Projector(projector_family, mc.n_layers, mc.projection_size, dtype)
                if projector_family else Projector("vicreg", 0, mc.projection_size, dtype))
-  return GeoLocalizationNet(backbone, aggregation, projector, size, dtype)
+  local = {}
+  if mc.local_dim:
+    registry.check_local(mc, tuple(image_size))
+    local = dict(local_head=Dense(mc.local_dim, dtype=dtype,
+                                  kernel_init=nn.initializers.normal(0.01),
+                                  bias_init=nn.initializers.zeros),
+                 Reranker=R2Former(mc.num_local), num_local=mc.num_local,
+                 finetune=bool(mc.finetune))
+  return GeoLocalizationNet(backbone, aggregation, projector, size, dtype, **local)
 
 
 def init_variables(model: GeoLocalizationNet, key: jax.Array, image_size) -> dict:
   """Parameters and batch statistics for (H, W) = image_size inputs."""
   dummy = jnp.zeros((2, *image_size, 3), jnp.float32)
-  variables = dict(model.init(key, dummy, train=False))
+  method = GeoLocalizationNet.init_all if model.Reranker is not None else None
+  variables = dict(model.init(key, dummy, train=False, method=method))
   variables.setdefault("batch_stats", {})  # a DeiT without BatchNorm in its projector has none
   return variables

@@ -62,9 +62,11 @@ RESNET = BackboneFamily(
 
 def _build_deit(mc, dtype, image_size):
   v = mc.vit
+  # the re-ranking network cuts (or pos_resizes) the position grid for other sizes
   return deit.DistilledViT(grid=(image_size[0] // deit.PATCH, image_size[1] // deit.PATCH),
                            num_classes=mc.fc_output_dim, embed_dim=v.embed_dim, depth=v.depth,
-                           num_heads=v.num_heads, mlp_ratio=v.mlp_ratio, dtype=dtype)
+                           num_heads=v.num_heads, mlp_ratio=v.mlp_ratio, dtype=dtype,
+                           other_sizes="crop" if mc.local_dim else "resize")
 
 
 def _check_deit(mc, image_size):
@@ -103,6 +105,35 @@ def check(model_config, image_size) -> None:
   fam.check(model_config, tuple(image_size))
 
 
+def token_grid(model_config, image_size) -> tuple[int, int]:
+  """The grid stage 2 picks local tokens from, at (H, W) inputs: DeiT's patches, a ResNet's
+  layer3 (stride 16; each stride-2 layer rounds up)."""
+  h, w = image_size
+  if model_config.backbone == "deit":
+    return h // deit.PATCH, w // deit.PATCH
+  for _ in range(4):  # conv1, max-pool, layer2, layer3
+    h, w = -(-h // 2), -(-w // 2)
+  return h, w
+
+
+def check_local(model_config, image_size) -> None:
+  """ValueError naming the setting when the backbone cannot give stage 2's local tokens."""
+  mc = model_config
+  if mc.local_dim < 0 or mc.num_local < 1:
+    raise ValueError(f"model.local_dim={mc.local_dim} must be >= 0 and model.num_local="
+                     f"{mc.num_local} >= 1")
+  if mc.backbone == "deit":
+    return
+  fam, args = family(mc.backbone)
+  if fam is not RESNET or args["last_stage"] != 5 or mc.aggregation == "netvlad" \
+      or not mc.fc_output_dim:
+    raise ValueError(
+        f"model.local_dim={mc.local_dim}: local tokens (re-ranking) need model.backbone=deit or "
+        f"a conv5 ResNet with a pooling aggregation and an FC (its saliency is layer4 x FC); "
+        f"this is {mc.backbone} with model.aggregation={mc.aggregation}, model.fc_output_dim="
+        f"{mc.fc_output_dim}. Use e.g. resnet50conv5 + gem, or set model.local_dim=0")
+
+
 def channels(model_config) -> int:
   """Channels of a feature-map backbone's output (what the aggregation pools)."""
   fam, _ = family(model_config.backbone)
@@ -110,9 +141,10 @@ def channels(model_config) -> int:
 
 
 def frozen_modules(model_config) -> tuple[str, ...]:
-  """Backbone modules that do not train (all train with model.unfreeze, as VG-SSL's runs)."""
+  """Paths of the backbone modules that do not train ("backbone/conv1", ...; all train with
+  model.unfreeze, as VG-SSL's runs)."""
   fam, _ = family(model_config.backbone)
-  return () if model_config.unfreeze else fam.frozen
+  return () if model_config.unfreeze else tuple(f"backbone/{m}" for m in fam.frozen)
 
 
 def build_backbone(model_config, dtype: Dtype, image_size: tuple[int, int]

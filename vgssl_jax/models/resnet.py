@@ -40,6 +40,7 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int
   dtype: Dtype
+  width_per_group: int = 64  # torchvision's BasicBlock only has 64
   expansion = 1
 
   @nn.compact
@@ -55,19 +56,22 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-  """torchvision v1.5 bottleneck: the stride sits on the 3x3 convolution."""
+  """torchvision v1.5 bottleneck: the stride sits on the 3x3 convolution; its inner width
+  is planes * width_per_group / 64 (torchvision's base_width)."""
   planes: int
   stride: int
   dtype: Dtype
+  width_per_group: int = 64
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train):
     identity = x
     out = self.planes * 4
-    y = Conv(self.planes, 1, dtype=self.dtype, name="conv1")(x)
+    inner = self.planes * self.width_per_group // 64
+    y = Conv(inner, 1, dtype=self.dtype, name="conv1")(x)
     y = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(y, train))
-    y = Conv(self.planes, 3, self.stride, 1, dtype=self.dtype, name="conv2")(y)
+    y = Conv(inner, 3, self.stride, 1, dtype=self.dtype, name="conv2")(y)
     y = nn.relu(BatchNorm(dtype=self.dtype, name="bn2")(y, train))
     y = Conv(out, 1, dtype=self.dtype, name="conv3")(y)
     y = BatchNorm(dtype=self.dtype, name="bn3")(y, train)
@@ -83,11 +87,13 @@ class ResLayer(nn.Module):
   blocks: int
   stride: int
   dtype: Dtype
+  width_per_group: int = 64
 
   @nn.compact
   def __call__(self, x, train):
     for i in range(self.blocks):
-      x = self.block(self.planes, self.stride if i == 0 else 1, self.dtype, name=str(i))(x, train)
+      x = self.block(self.planes, self.stride if i == 0 else 1, self.dtype, self.width_per_group,
+                     name=str(i))(x, train)
     return x
 
 
@@ -96,24 +102,33 @@ class ResNet(nn.Module):
 
   depth 18/50/101; `last_stage` 4 (stride 16) or 5 (stride 32); `width` is the
   channel count of the stem and of layer1's planes (64 in torchvision; smaller
-  values give the narrow variants used in tests and the demo).
+  values give the narrow variants used in tests and the demo). `blocks` (blocks per
+  stage) and `width_per_group` (torchvision's, bottlenecks only) default to the depth's.
+
+  With tokens=True also returns {"layer3": the stride-16 map (N, H/16, W/16, C3)}, stage
+  2's local features of a conv5 ResNet.
   """
   depth: int = 50
   last_stage: int = 5
   width: int = 64
   dtype: Dtype = jnp.float32
+  blocks: tuple[int, ...] | None = None
+  width_per_group: int = 64
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, tokens: bool = False):
     kind, blocks = STAGES[self.depth]
+    blocks = self.blocks or blocks
     block = BasicBlock if kind == "basic" else Bottleneck
     x = Conv(self.width, 7, 2, 3, dtype=self.dtype, name="conv1")(x)
     x = nn.relu(BatchNorm(dtype=self.dtype, name="bn1")(x, train))
     x = stem_max_pool(x)
+    maps = {}
     for stage in range(self.last_stage - 1):  # layer1 .. layer3 or layer4
       x = ResLayer(block, self.width * 2 ** stage, blocks[stage], 1 if stage == 0 else 2,
-                   self.dtype, name=f"layer{stage + 1}")(x, train)
-    return x
+                   self.dtype, self.width_per_group, name=f"layer{stage + 1}")(x, train)
+      maps[f"layer{stage + 1}"] = x
+    return (x, {"layer3": maps["layer3"]}) if tokens else x
 
   @property
   def features_dim(self) -> int:

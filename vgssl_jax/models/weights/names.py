@@ -20,7 +20,10 @@ _MAX_LISTED = 30
 _PARAM_NAMES = {"scale": "weight", "bias": "bias", "kernel": "weight", "p": "p",
                 # DeiT's tokens and position embedding keep their names and layouts
                 "cls_token": "cls_token", "dist_token": "dist_token", "pos_embed": "pos_embed",
-                "centroids": "centroids"}  # NetVLAD
+                "centroids": "centroids",  # NetVLAD
+                # R2Former's tokens, unused position embedding and score mixing ratio
+                "cls_token_2": "cls_token_2", "decoder_pos_embed": "decoder_pos_embed",
+                "ratio": "ratio"}
 _STAT_NAMES = {"mean": "running_mean", "var": "running_var"}
 
 

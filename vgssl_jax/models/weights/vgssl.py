@@ -29,6 +29,8 @@ from vgssl_jax.models.weights.names import (from_torch_state, replace_subtrees, 
 # VG-SSL's nn.Sequential of ResNet children -> torchvision names (2: ReLU, 3: max-pool).
 SEQUENTIAL_BACKBONE = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3",
                        "7": "layer4"}
+# the re-ranking network's own modules (GeoLocalizationNetRerank), named alike on both sides
+STAGE2_MODULES = ("local_head.", "Reranker.")
 _DEIT_HINTS = ("cls_token", "dist_token", "pos_embed", "patch_embed.", "blocks.")
 
 
@@ -134,6 +136,10 @@ def canonical_vgssl_state(state: State, target_shapes: dict, deit: bool = False
     if key.endswith("num_batches_tracked"):
       ignored["num_batches_tracked"].append(key)
       continue
+    if key.startswith(STAGE2_MODULES):  # stage 2: same names here
+      out[key] = state[key]
+      loaded[key] = key
+      continue
     if key in renames:
       out[renames[key]] = state[key]
       loaded[renames[key]] = key
@@ -171,16 +177,26 @@ def _check_position_grid(canonical: State, target: dict) -> None:
 def import_vgssl_state(state: State, variables: dict) -> tuple[dict, dict]:
   """(variables, report): the retrieval network (backbone + GeM + FC, or the DeiT) of a
   VG-SSL state dict loaded into GeoLocalizationNet `variables` (the projector keeps its
-  values). See `import_vgssl_checkpoint`."""
+  values), and a stage-2 network's local head and R2Former when the state has them
+  (else they keep their values: report["stage2"] lists the ones loaded). See
+  `import_vgssl_checkpoint`."""
   deit = "pos_embed" in variables["params"]["backbone"]
-  target = subtrees(variables, ("backbone", "aggregation"))
+  stage2 = [m[:-1] for m in STAGE2_MODULES
+            if m[:-1] in variables["params"] and any(k.startswith(m) for k in state)]
+  target = subtrees(variables, ("backbone", "aggregation", *stage2))
   shapes = {name: shape for name, (_, _, shape) in torch_layout(target).items()}
+  # a re-ranking checkpoint into a global-only network: its stage-2 tensors have no place
+  extra = [k for k in state if k.startswith(STAGE2_MODULES) and k.split(".")[0] not in stage2]
+  state = {k: v for k, v in state.items() if k not in extra}
   canonical, report = canonical_vgssl_state(state, shapes, deit)
+  if extra:
+    report["ignored"]["stage-2 (this network has no local tokens)"] = extra
   if deit:
     _check_position_grid(canonical, target)
   loaded = from_torch_state(canonical, target, "Check model.backbone, model.width (model.vit.* "
                             "for DeiT) and model.fc_output_dim against the checkpoint's training "
                             "settings.")
+  report["stage2"] = stage2  # e.g. ["local_head", "Reranker"]; [] for stage-1 states
   return replace_subtrees(variables, loaded), report
 
 
