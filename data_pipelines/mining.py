@@ -239,7 +239,12 @@ def pick_negatives(batches: np.ndarray, negatives: np.ndarray) -> np.ndarray:
 #   full           the M nearest among neg_samples_num random database images drawn for the
 #                  query plus its hardest negatives of the previous refresh (`neg_cache`)
 #   msls_weighted  partial, with night and sideways queries sampled more often
-TRIPLET_MINING_MODES = ("random", "partial", "full", "msls_weighted")
+#   global         M drawn uniformly from the query's first neg_hardness precomputed hard
+#                  negatives (stage 2; see hard_negative_lists)
+#   global_combine M // 2 as global, the other M - M // 2 as partial
+TRIPLET_MINING_MODES = ("random", "partial", "full", "msls_weighted", "global", "global_combine")
+HARD_NEGATIVES_RANKED = 500   # database images ranked per query by the precompute
+HARD_NEGATIVES_KEPT = 200     # of them kept (soft positives removed), -1 padded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +253,7 @@ class TripletMiningConfig:
   mode: str = "partial"
   neg_samples_num: int = 1000
   negs_num_per_query: int = 10    # M
+  neg_hardness: int = 100         # global modes: draw from each query's first N
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,13 +306,45 @@ def _random_subset_rows(rng: np.random.Generator, rows: int, population: int,
   return np.stack([rng.choice(population, size, replace=False) for _ in range(rows)])
 
 
+def hard_negative_lists(ranked: np.ndarray, soft: Neighbors,
+                        keep: int = HARD_NEGATIVES_KEPT) -> np.ndarray:
+  """(Q, K) database indices ranked per training query (nearest first) -> (Q, keep): the
+  ranking without the query's soft positives, in order, -1 padded (pre_compute_mining.py)."""
+  ranked = np.asarray(ranked, np.int64)
+  positive = soft.contains(np.arange(len(ranked)), ranked)
+  order = np.argsort(positive, axis=1, kind="stable")  # the others first, in ranked order
+  kept = np.take_along_axis(ranked, order, 1)[:, :keep]
+  valid = np.take_along_axis(~positive, order, 1)[:, :keep]
+  out = np.full((len(ranked), keep), -1, np.int64)
+  out[:, :kept.shape[1]] = np.where(valid, kept, -1)
+  return out
+
+
+def global_negatives(rng: np.random.Generator, lists: np.ndarray, m: int, hardness: int,
+                     query_ids: np.ndarray) -> np.ndarray:
+  """(n, m) negatives drawn without replacement from the first `hardness` entries of each
+  row of `lists`, padding excluded (the original could draw the -1 pads, which index the
+  last database image: docs/original.md, quirk 36)."""
+  out = np.empty((len(lists), m), np.int64)
+  for i, row in enumerate(lists):
+    valid = row[:hardness][row[:hardness] >= 0]
+    if len(valid) < m:
+      raise ValueError(f"training query {int(query_ids[i])} has {len(valid)} precomputed hard "
+                       f"negatives among its first rerank.neg_hardness={hardness}, fewer than "
+                       f"train.negs_num_per_query={m}; raise rerank.neg_hardness.")
+    out[i] = rng.choice(valid, m, replace=False)
+  return out
+
+
 def compute_triplets(train: TrainPlaces, embed: EmbedFn, rng: np.random.Generator,
                      config: TripletMiningConfig, search: NeighborSearch,
                      neg_cache: dict[int, np.ndarray] | None = None,
-                     weights: np.ndarray | None = None) -> Triplets:
+                     weights: np.ndarray | None = None,
+                     hard_lists: np.ndarray | None = None) -> Triplets:
   """One cache refresh's triplets; see the notes above. `neg_cache` ({query index: its
   previous hardest negatives}) is read and updated by full mining; `weights` are
-  msls_weighted's sampling probabilities over train.query_ids."""
+  msls_weighted's sampling probabilities over train.query_ids; `hard_lists` (one row per
+  train.query_ids entry, hard_negative_lists) feed the global modes."""
   if config.mode not in TRIPLET_MINING_MODES:
     raise ValueError(f"unknown mining mode {config.mode!r}; expected one of "
                      f"{TRIPLET_MINING_MODES}")
@@ -319,8 +357,10 @@ def compute_triplets(train: TrainPlaces, embed: EmbedFn, rng: np.random.Generato
   query_ids = train.query_ids[rows]
   hard = train.hard_positives.subset(rows).padded(fill=-1)
   soft = train.soft_positives.subset(rows)
+  if config.mode.startswith("global") and hard_lists is None:
+    raise ValueError(f"train.mining={config.mode} needs the precomputed hard negatives")
   pool = np.zeros(0, np.int64)
-  if config.mode in ("partial", "msls_weighted"):
+  if config.mode in ("partial", "msls_weighted", "global_combine"):
     pool = np.sort(rng.choice(num_db, size=min(config.neg_samples_num, num_db), replace=False))
   elif config.mode == "full":
     pool = np.arange(num_db)
@@ -341,11 +381,20 @@ def compute_triplets(train: TrainPlaces, embed: EmbedFn, rng: np.random.Generato
   positives = db_ids[best]
   if config.mode == "random":
     return Triplets(query_ids, positives, random_negatives(rng, num_db, soft, m))
+  n_global = {"global": m, "global_combine": m // 2}.get(config.mode, 0)
+  drawn = None
+  if n_global:
+    drawn = global_negatives(rng, hard_lists[rows[keep]], n_global, config.neg_hardness,
+                             query_ids)
+    if n_global == m:
+      return Triplets(query_ids, positives, drawn)
   pool = pool[db_ok[np.searchsorted(db_ids, pool)]]
   if config.mode != "full":
     pool_feats = db_feats[np.searchsorted(db_ids, pool)]
-    return Triplets(query_ids, positives,
-                    hard_negatives(q_feats, pool_feats, pool, soft, m, search))
+    negatives = hard_negatives(q_feats, pool_feats, pool, soft, m - n_global, search)
+    if drawn is not None:
+      negatives = np.concatenate([drawn, negatives], axis=1)
+    return Triplets(query_ids, positives, negatives)
   # full: the query's own random draw (soft positives removed) and its previous negatives
   neg_cache = {} if neg_cache is None else neg_cache
   draws = _random_subset_rows(rng, len(query_ids), num_db, config.neg_samples_num)

@@ -5,9 +5,11 @@ compilation. Experiment files in configs/ start from `base_config()` and change 
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import ml_collections
+import numpy as np
 
 from data_pipelines import datasets, mining, query_views, synthetic
 from data_pipelines.places import EVAL_RADIUS_M, TRAIN_POSITIVE_RADIUS_M
@@ -17,6 +19,7 @@ from vgssl_jax.evaluation.metrics import RECALL_VALUES
 from vgssl_jax.models import heads, registry
 from vgssl_jax.models.aggregation import AGGREGATIONS, L2_MODES
 from vgssl_jax.models.network import DTYPES
+from vgssl_jax.objectives import losses
 from vgssl_jax.objectives import registry as objectives
 from vgssl_jax.training.optimizer import LR_SCHEDULES, OPTIMIZERS
 
@@ -52,6 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pretrained = ""              # ImageNet weights of the backbone (.pth/.safetensors):
                                        # torchvision ResNets; timm's DeiT-S distilled
   # DeiT (model.backbone=deit): DeiT-S by default; smaller for tests and the demo
+  # stage 2 (re-ranking): local tokens of (3 + local_dim) per image for the R2Former
+  c.model.local_dim = 0                # 0: a global-only network; 128 in the original
+  c.model.num_local = 500              # local tokens per image (clamped to the token grid)
+  c.model.finetune = False             # True: re-ranking gradients reach the backbone
   c.model.vit = ml_collections.ConfigDict(
       {"embed_dim": 384, "depth": 12, "num_heads": 6, "mlp_ratio": 4.0})
 
@@ -117,6 +124,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.moco_momentum = 0.999         # MoCo key encoder EMA
   c.loss.queue_size = 65536            # MoCo queue length (a multiple of train.batch_size)
 
+  # stage 2 (method r2former, train_reranker.py)
+  c.rerank = ml_collections.ConfigDict()
+  c.rerank.loss = "ce"                 # ce | triplet | infoNCE | combine (losses.rerank_loss)
+  c.rerank.fix = 1                     # 1: only local head + R2Former train (global net eval)
+  c.rerank.neg_hardness = 100          # mining global: negatives from each query's first N
+  c.rerank.hard_negatives = ""         # precomputed list (.npz); "" = compute in the run folder
+
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
   c.eval.datasets = ""                 # comma-separated names; "" = data.name
@@ -134,6 +148,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.pca_images = 16384            # at most this many database images (as the original)
   c.eval.num_preds_to_save = 0         # > 0: per query, a picture of its top-K predictions
   c.eval.save_only_wrong_preds = False # only for queries whose first prediction is wrong
+  c.eval.rerank_top = 0                # > 0: R2Former re-ranks the global top-N (100)
+  c.eval.rerank_batch_size = 4         # queries whose rerank_top pairs are scored at once
+  # a stage-1 run trained first into <workdir>/init_run and used as train.init_from (the
+  # stage-2 demo); empty: none
+  c.init_run = ml_collections.ConfigDict()
   return c
 
 
@@ -230,6 +249,53 @@ def triplet_msls(backbone: str) -> ml_collections.ConfigDict:
   t.lr, t.batch_size = 1e-5, 4
   t.epochs, t.patience, t.queries_per_epoch, t.cache_refresh_rate = 100, 100, 5000, 1000
   c.eval.split = "val"
+  return c
+
+
+def stage2(job: str) -> ml_collections.ConfigDict:
+  """train_reranker.py's jobs on DeiT-S (train.sh (c)-(e)): the re-ranking network (local
+  tokens of 3 + 128, 500 per image, R2Former) on the supervised tuples, validated and
+  selected on the re-ranked recall of the global top 100.
+
+    c "rerank_msls": the stage-1 model frozen (fix 1), global mining from the precomputed
+      hard negatives (first 100), AdamW 5e-4 with 5 warm-up epochs + cosine, 50 epochs,
+      patience 25, 128 queries x 1 negative, 50,000 queries per epoch in refreshes of 10,000;
+    d "finetune_msls": everything trains (fix 0, --unfreeze), partial mining, Adam 1e-5,
+      100 epochs, patience 100, 64 queries x 2 negatives;
+    e "finetune_pitts30k": as d on Pitts30k, full mining, AdamW 1e-5 with warm-up + cosine,
+      50 epochs, patience 10, 16 x 1, 5000 queries per epoch in refreshes of 1000, selection
+      on R@5 (save_best keeps its default 1 there).
+  train.init_from names the run of the job before (stage 1 for c)."""
+  c = supervised("r2former", "msls", "deit")
+  c.model.local_dim, c.model.num_local = 128, 500
+  c.eval.rerank_top = 100
+  t = c.train
+  t.infer_batch_size = 256
+  t.margin = 0.1
+  if job == "rerank_msls":
+    c.rerank.fix = 1
+    t.mining, c.rerank.neg_hardness, t.negs_num_per_query = "global", 100, 1
+    t.lr, t.optimizer, t.lr_schedule, t.warmup_epochs = 5e-4, "adamw", "cosine", 5
+    t.epochs, t.patience, t.queries_per_epoch, t.cache_refresh_rate = 50, 25, 50000, 10000
+    t.batch_size, t.save_best, c.eval.rerank_batch_size = 128, 0, 8
+    c.eval.split = "val"
+  elif job == "finetune_msls":
+    c.rerank.fix, c.model.unfreeze = 0, True
+    t.mining, t.neg_samples_num, t.negs_num_per_query = "partial", 1000, 2
+    t.lr, t.optimizer = 1e-5, "adam"
+    t.epochs, t.patience, t.queries_per_epoch, t.cache_refresh_rate = 100, 100, 50000, 10000
+    t.batch_size, t.save_best, c.eval.rerank_batch_size = 64, 0, 16
+    c.eval.split = "val"
+  elif job == "finetune_pitts30k":
+    c.data.name = "pitts30k"
+    c.rerank.fix, c.model.unfreeze = 0, True
+    t.mining, t.neg_samples_num, t.negs_num_per_query = "full", 1000, 1
+    t.lr, t.optimizer, t.lr_schedule, t.warmup_epochs = 1e-5, "adamw", "cosine", 5
+    t.epochs, t.patience, t.queries_per_epoch, t.cache_refresh_rate = 50, 10, 5000, 1000
+    t.batch_size, t.save_best, c.eval.rerank_batch_size = 16, 1, 4
+    c.eval.datasets, c.eval.split = "pitts30k", "test"
+  else:
+    raise ValueError(f"unknown stage-2 job {job!r}")
   return c
 
 
@@ -347,9 +413,55 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if items % accum:
     raise ConfigError(f"train.grad_accum_steps={accum} must divide the {items} items of a step "
                       "(train.batch_size, halved with train.pair_negative and negatives).")
+  _check_stage2(c)
   if c.model.pretrained and not os.path.isfile(c.model.pretrained):
     raise ConfigError(f"model.pretrained={c.model.pretrained!r} is not a file: give the path of "
                       "torchvision ResNet weights (.pth or .safetensors); nothing is downloaded.")
+
+
+def _check_stage2(c: ml_collections.ConfigDict) -> None:
+  """The re-ranking settings: local tokens the backbone can give, a reranker to use."""
+  mc, ec = c.model, c.eval
+  if mc.local_dim:
+    try:
+      registry.check_local(mc, tuple(c.data.image_size))
+    except ValueError as e:
+      raise ConfigError(f"{e}.") from None
+  if c.method == "r2former" and not mc.local_dim:
+    raise ConfigError("method=r2former trains the re-ranking network, which needs local tokens: "
+                      "set --config.model.local_dim=128 (the original's) on a deit or conv5 "
+                      "ResNet backbone.")
+  if c.method == "r2former" and not ec.rerank_top:
+    raise ConfigError("method=r2former validates and selects models on the re-ranked recall: set "
+                      "--config.eval.rerank_top=100 (the original's; at most the val database).")
+  if ec.rerank_top < 0 or ec.rerank_batch_size < 1:
+    raise ConfigError(f"eval.rerank_top={ec.rerank_top} must be >= 0 and "
+                      f"eval.rerank_batch_size={ec.rerank_batch_size} >= 1.")
+  if ec.rerank_top and not mc.local_dim:
+    raise ConfigError(f"eval.rerank_top={ec.rerank_top}: re-ranking needs a network with local "
+                      "tokens and an R2Former (a stage-2 run, model.local_dim > 0); set "
+                      "eval.rerank_top=0 for global retrieval only.")
+  _one_of(c.rerank.loss, losses.RERANK_LOSSES, "rerank.loss")
+  _one_of(c.rerank.fix, (0, 1), "rerank.fix")
+  if c.train.mining.startswith("global"):
+    if c.rerank.neg_hardness < c.train.negs_num_per_query:
+      raise ConfigError(f"rerank.neg_hardness={c.rerank.neg_hardness} is smaller than "
+                        f"train.negs_num_per_query={c.train.negs_num_per_query}: global mining "
+                        "samples the negatives from each query's first neg_hardness.")
+    if c.rerank.neg_hardness > mining.HARD_NEGATIVES_KEPT:
+      raise ConfigError(f"rerank.neg_hardness={c.rerank.neg_hardness} exceeds the "
+                        f"{mining.HARD_NEGATIVES_KEPT} hard negatives kept per query.")
+  if c.rerank.hard_negatives and not os.path.isfile(c.rerank.hard_negatives):
+    raise ConfigError(f"rerank.hard_negatives={c.rerank.hard_negatives!r} is not a file; give a "
+                      "list precomputed by an earlier run (hard_negatives.npz in its folder) or "
+                      "leave it empty to compute it.")
+  n_tokens = int(np.prod(registry.token_grid(mc, tuple(c.data.image_size))))
+  if mc.local_dim and mc.num_local > n_tokens:
+    logging.warning("model.num_local=%d exceeds the %d tokens of a %dx%d image: %d local tokens "
+                    "per image are used (the original clamps too)", mc.num_local, n_tokens,
+                    *c.data.image_size, n_tokens)
+  if c.init_run:
+    validate(c.init_run)
 
 
 def _check_triplets(c: ml_collections.ConfigDict) -> None:
@@ -357,7 +469,7 @@ def _check_triplets(c: ml_collections.ConfigDict) -> None:
   if t.negs_num_per_query < 1:
     raise ConfigError(f"train.negs_num_per_query={t.negs_num_per_query}: the supervised "
                       "objectives need at least one negative per query.")
-  if t.mining != "random" and t.negs_num_per_query > t.neg_samples_num:
+  if t.mining not in ("random", "global") and t.negs_num_per_query > t.neg_samples_num:
     raise ConfigError(f"train.negs_num_per_query={t.negs_num_per_query} is larger than the "
                       f"candidate pool train.neg_samples_num={t.neg_samples_num} of "
                       f"train.mining={t.mining}.")

@@ -41,8 +41,9 @@ class Embedder:
   @staticmethod
   def _apply(model, variables, images, ok, output):
     x = normalize(images, model.dtype)
+    extra = {"local": True} if output == "local" else {}  # stage 2's local tokens
     out = model.apply(variables, x, train=False, project=output == "projection",
-                      feature_map=output == "feature_map")
+                      feature_map=output == "feature_map", **extra)
     if output not in out:
       raise ValueError(f"the network has no output {output!r} (it has {sorted(out)})")
     feats = out[output]

@@ -9,6 +9,7 @@ import jax
 
 from vgssl_jax import sharding
 from vgssl_jax.config import model_config_from
+from vgssl_jax.errors import ConfigError
 from vgssl_jax.models.network import init_variables
 from vgssl_jax.models.weights import export as weights_export
 from vgssl_jax.models.weights import vgssl
@@ -45,10 +46,18 @@ def check_checkpoint(config, checkpoint: str, model) -> None:
   """Raises ConfigError unless `checkpoint` can give `model`'s weights: a weights file is
   read and matched against the network's shapes, a run's folder must hold a checkpoint."""
   if is_weight_file(checkpoint):
-    vgssl.import_vgssl_state(load_state_dict(checkpoint),
-                             abstract_variables(model, config.data.image_size))
+    _, report = vgssl.import_vgssl_state(load_state_dict(checkpoint),
+                                         abstract_variables(model, config.data.image_size))
+    has_reranker = "Reranker" in report["stage2"]
   else:
-    checkpoints.read_meta(checkpoint)
+    _, _, meta = checkpoints.read_meta(checkpoint)
+    has_reranker = bool(meta["model"].get("local_dim"))
+  if config.eval.rerank_top and not has_reranker:
+    # the original's eval_reranker.py scores such a model with a random R2Former (quirk 25)
+    raise ConfigError(f"eval.rerank_top={config.eval.rerank_top}: {checkpoint} has no trained "
+                      "R2Former (a global-only, stage-1 model); its re-ranking would be random. "
+                      "Evaluate it with eval.rerank_top=0, or give a stage-2 (method r2former) "
+                      "checkpoint.")
 
 
 def adopt_checkpoint_model(config, checkpoint: str) -> tuple[int, int]:

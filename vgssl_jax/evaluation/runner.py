@@ -23,6 +23,7 @@ from vgssl_jax import data_config, sharding
 from vgssl_jax.config import eval_datasets
 from vgssl_jax.errors import ConfigError
 from vgssl_jax.evaluation import exports, loading, metrics, retrieval
+from vgssl_jax.evaluation import rerank as rerank_lib
 from vgssl_jax.evaluation.embedder import Embedder
 from vgssl_jax.evaluation.metrics import RECALL_VALUES
 from vgssl_jax.objectives import registry
@@ -40,11 +41,20 @@ class EvalOptions:
   majority_weight: float = 0.01
   num_preds_to_save: int = 0
   save_only_wrong_preds: bool = False
+  rerank_top: int = 0          # > 0: the R2Former re-ranks the global top-N
+  rerank_batch_size: int = 4
 
   @classmethod
   def from_config(cls, ec) -> "EvalOptions":
     return cls(ec.positive_radius, tuple(ec.recall_values), ec.backend, ec.test_method,
-               ec.majority_weight, ec.num_preds_to_save, ec.save_only_wrong_preds)
+               ec.majority_weight, ec.num_preds_to_save, ec.save_only_wrong_preds,
+               ec.rerank_top, ec.rerank_batch_size)
+
+  def reranker(self, embedder, variables: dict) -> Reranker | None:
+    """The re-ranking step of these options for one model (None without rerank_top)."""
+    if not self.rerank_top:
+      return None
+    return rerank_lib.Reranker(embedder, variables, self.rerank_top, self.rerank_batch_size)
 
   def for_validation(self) -> "EvalOptions":
     """As the original's validation during training: hard resize, no pictures."""
@@ -76,7 +86,8 @@ def evaluate_places(embedder, variables: dict, places: PlaceDataset,
     db, q = pca(db), pca(q.reshape(-1, q.shape[-1])).reshape(*q.shape[:2], -1)
   is_msls = "queries_key" in places.extras
   k = min(len(db), max(list(options.recall_values) + [options.num_preds_to_save] +
-                       [exports.MSLS_TOP_K if is_msls else 0]))
+                       [exports.MSLS_TOP_K if is_msls else 0] +
+                       [options.rerank_top if rerank is not None else 0]))
   predictions = retrieval.rank(q, db, k, options.test_method, options.backend,
                                options.majority_weight)
   result = {"queries": places.num_queries, "database": places.num_database,
@@ -129,10 +140,15 @@ def open_eval_sets(config) -> EvalSets:
   """The eval datasets (and the PCA's), opened and checked before any model work starts:
   a protocol mismatch or a PCA larger than its images stops here."""
   sets = {}
+  ec = config.eval
   for name in eval_datasets(config):
-    places = data_config.open_split(config, name, config.eval.split)
-    sets[name] = (places, datasets.check_protocol(places, config.eval.check_counts))
-  ec, pca = config.eval, None
+    places = data_config.open_split(config, name, ec.split)
+    sets[name] = (places, datasets.check_protocol(places, ec.check_counts))
+    if ec.rerank_top > places.num_database:
+      raise ConfigError(f"eval.rerank_top={ec.rerank_top} exceeds the {places.num_database} "
+                        f"database images of {places.name}/{places.split}: lower "
+                        "eval.rerank_top.")
+  pca = None
   if ec.pca_dim:
     pca = data_config.open_split(config, ec.pca_dataset or config.data.name, ec.pca_split)
     if ec.pca_dim > pca.num_database:
@@ -162,20 +178,25 @@ def evaluate_all(config, embedder, variables: dict, eval_sets: EvalSets,
   """{dataset: result} for the eval datasets, with optional exports under out_dir."""
   options = EvalOptions.from_config(config.eval)
   pca = fit_pca(config, embedder, variables, eval_sets.pca)
-  return {name: {**evaluate_places(embedder, variables, places, options, pca, out_dir),
+  rerank = options.reranker(embedder, variables)
+  return {name: {**evaluate_places(embedder, variables, places, options, pca, out_dir, rerank),
                  "split": places.split, **check}
           for name, (places, check) in eval_sets.sets.items()}
 
 
 def format_table(results: dict[str, dict[str, dict]], recall_values=RECALL_VALUES) -> str:
-  """Markdown table: one row per (model, dataset), e.g. results = {"before": {...}, ...}."""
+  """Markdown table: one row per (model, dataset), e.g. results = {"before": {...}, ...};
+  a re-ranked result adds a row "<dataset> re-ranked" under its global one."""
   head = "| model | dataset | " + " | ".join(f"R@{n}" for n in recall_values) + " |"
   lines = [head, "|" + "---|" * (len(recall_values) + 2)]
   for stage, per_dataset in results.items():
     for dataset, r in per_dataset.items():
-      cells = " | ".join(f"{r[f'recall@{n}']:.1f}" if f"recall@{n}" in r else "-"
-                         for n in recall_values)
-      lines.append(f"| {stage} | {dataset} | {cells} |")
+      for prefix, label in (("", dataset), ("reranked_", f"{dataset} re-ranked")):
+        if prefix and f"{prefix}recall@{recall_values[0]}" not in r:
+          continue
+        cells = " | ".join(f"{r[f'{prefix}recall@{n}']:.1f}" if f"{prefix}recall@{n}" in r
+                           else "-" for n in recall_values)
+        lines.append(f"| {stage} | {label} | {cells} |")
   return "\n".join(lines)
 
 

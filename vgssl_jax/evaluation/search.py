@@ -25,31 +25,47 @@ def _topk_chunk(queries: jax.Array, database: jax.Array, db_sq: jax.Array, k: in
   return jnp.maximum(-neg, 0.0), idx
 
 
-def device_knn(queries: np.ndarray, database: np.ndarray, k: int,
-               chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-  """Exact k-NN by squared L2. (Q, D), (N, D) -> distances (Q, k) float32, indices (Q, k) int64.
-
-  Queries are processed in fixed-size chunks (the last one padded) so that the
-  search compiles once per shape.
-  """
-  queries = np.asarray(queries, np.float32)
-  database = np.asarray(database, np.float32)
-  k = min(k, len(database))
-  db = jnp.asarray(database)
-  db_sq = jnp.sum(db * db, axis=1)
+def _chunked(search_chunk, queries: np.ndarray, k: int, chunk: int):
+  """search_chunk((chunk, D) queries) -> (values, indices) over fixed-size chunks of the
+  queries (the last one padded), so that the search compiles once per shape."""
   chunk = max(1, min(chunk, len(queries)))
-  dists, idxs = [], []
+  values, idxs = [], []
   for start in range(0, len(queries), chunk):
     q = queries[start:start + chunk]
     n = len(q)
     if n < chunk:
       q = np.concatenate([q, np.zeros((chunk - n, q.shape[1]), np.float32)])
-    d, i = _topk_chunk(jnp.asarray(q), db, db_sq, k)
-    dists.append(np.asarray(d)[:n])
+    v, i = search_chunk(jnp.asarray(q))
+    values.append(np.asarray(v)[:n])
     idxs.append(np.asarray(i)[:n])
-  if not dists:
+  if not values:
     return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-  return np.concatenate(dists), np.concatenate(idxs).astype(np.int64)
+  return np.concatenate(values), np.concatenate(idxs).astype(np.int64)
+
+
+def device_knn(queries: np.ndarray, database: np.ndarray, k: int,
+               chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """Exact k-NN by squared L2. (Q, D), (N, D) -> distances (Q, k) float32, indices (Q, k) int64.
+  """
+  queries = np.asarray(queries, np.float32)
+  k = min(k, len(database))
+  db = jnp.asarray(np.asarray(database, np.float32))
+  db_sq = jnp.sum(db * db, axis=1)
+  return _chunked(lambda q: _topk_chunk(q, db, db_sq, k), queries, k, chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _dot_topk_chunk(queries: jax.Array, database: jax.Array, k: int):
+  return jax.lax.top_k(jnp.dot(queries, database.T, precision=jax.lax.Precision.HIGHEST), k)
+
+
+def device_dot_topk(queries: np.ndarray, database: np.ndarray, k: int,
+                    chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """The k database rows of largest dot product per query, descending (stage 2's hard
+  negative precompute ranks so): (similarities (Q, k), indices (Q, k) int64)."""
+  k = min(k, len(database))
+  db = jnp.asarray(np.asarray(database, np.float32))
+  return _chunked(lambda q: _dot_topk_chunk(q, db, k), np.asarray(queries, np.float32), k, chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("k",))

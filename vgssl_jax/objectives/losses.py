@@ -146,3 +146,46 @@ def supervised_loss(criterion: str, q: jax.Array, p: jax.Array, n: jax.Array,
   """train.py's loss of a batch: the criterion's sum divided by B * M."""
   b, m = n.shape[:2]
   return SUPERVISED[criterion](q, p, n, margin) / (b * m)
+
+
+# The re-ranking losses of stage 2 (train_reranker.py), on the R2Former's 2-way logits of
+# (query, positive) and (query, negative_j) pairs; index 1 means "same place".
+RERANK_LOSSES = ("ce", "triplet", "infoNCE", "combine")
+
+
+def rerank_slice_loss(kind: str, pos_logits: jax.Array, neg_logits: jax.Array, j: int, m: int,
+                      margin: float = 0.1) -> jax.Array:
+  """One negative slice j of M (B pairs each): ce = CE([pos; neg], [1]*B + [0]*B) (mean);
+  triplet = mean relu(s_neg - s_pos + margin), s = softmax(logits)[1]; infoNCE = CE([s_pos,
+  s_neg] / 0.07, 0) (mean); combine = ce for j >= M // 2, else mean relu(s_neg - s_pos)."""
+  pos_logits, neg_logits = _wide(pos_logits, neg_logits)
+  s_pos = jax.nn.softmax(pos_logits, axis=-1)[:, 1]
+  s_neg = jax.nn.softmax(neg_logits, axis=-1)[:, 1]
+  if kind == "combine":
+    kind = "ce" if j >= m // 2 else "hinge"
+  if kind == "ce":
+    return -0.5 * (jnp.mean(jax.nn.log_softmax(pos_logits, axis=-1)[:, 1]) +
+                   jnp.mean(jax.nn.log_softmax(neg_logits, axis=-1)[:, 0]))
+  if kind == "triplet":
+    return jnp.mean(jax.nn.relu(s_neg - s_pos + margin))
+  if kind == "hinge":
+    return jnp.mean(jax.nn.relu(s_neg - s_pos))
+  if kind == "infoNCE":
+    scores = jnp.stack([s_pos, s_neg], axis=-1) / 0.07
+    return -jnp.mean(jax.nn.log_softmax(scores, axis=-1)[:, 0])
+  raise ValueError(f"unknown re-ranking loss {kind!r}; expected one of {RERANK_LOSSES}")
+
+
+def rerank_loss(kind: str, pos_logits: jax.Array, neg_logits: jax.Array, margin: float = 0.1,
+                global_triplet: tuple[jax.Array, jax.Array, jax.Array] | None = None
+                ) -> jax.Array:
+  """train_reranker.py's loss of a batch: pos_logits (B, 2), neg_logits (B, M, 2); with
+  `global_triplet` = (q, p, n (B, M, D)) descriptors (fix = 0) the triplet margin sum is
+  added. The total is divided by B * M (so the re-ranking term, a mean per slice, is
+  divided twice: docs/original.md, quirk 20)."""
+  b, m = neg_logits.shape[:2]
+  total = sum(rerank_slice_loss(kind, pos_logits, neg_logits[:, j], j, m, margin)
+              for j in range(m))
+  if global_triplet is not None:
+    total = total + triplet_margin_sum(*global_triplet, margin)
+  return total / (b * m)

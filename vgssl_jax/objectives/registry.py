@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from vgssl_jax.models.network import build_model
-from vgssl_jax.objectives import ssl, triplet
+from vgssl_jax.objectives import rerank, ssl, triplet
 from vgssl_jax.objectives.base import Objective
 
 
@@ -32,6 +32,8 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     "triplet": ObjectiveEntry(triplet.TupleObjective, None, "triplets"),
     "sare_ind": ObjectiveEntry(triplet.TupleObjective, None, "triplets"),
     "sare_joint": ObjectiveEntry(triplet.TupleObjective, None, "triplets"),
+    # stage 2 (train_reranker.py): the R2Former on the same tuples
+    "r2former": ObjectiveEntry(rerank.RerankObjective, None, "triplets"),
 }
 SSL_METHODS = tuple(n for n, e in OBJECTIVES.items() if e.epoch_source == "geopairs")
 

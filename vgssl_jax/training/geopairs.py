@@ -41,7 +41,8 @@ class GeoPairSource:
   """GeoPairs of `train_places` for `objective`; see the module docstring."""
 
   def __init__(self, config, objective: Objective, train_places: TrainPlaces,
-               embedder: Embedder):
+               embedder: Embedder, workdir: str | None = None):
+    del workdir  # GeoPair mining keeps nothing on disk
     self.config, self.objective, self.train = config, objective, train_places
     self.embedder = embedder
     self.mining = mining_config(config)

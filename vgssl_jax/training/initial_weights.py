@@ -61,15 +61,20 @@ def _names(tree: dict) -> set[str]:
   return {".".join(k) for k in traverse_util.flatten_dict(tree)}
 
 
-def load_init_from(path: str, config, variables: dict) -> tuple[dict, list[str]]:
-  """(network variables with backbone + aggregation from `path`, the names loaded).
+STAGE2_MODULES = ("local_head", "Reranker")
+
+
+def load_init_from(path: str, config, variables: dict) -> tuple[dict, tuple[str, ...]]:
+  """(network variables with backbone + aggregation from `path`, the modules loaded).
 
   `path`: one of our runs (its workdir, checkpoints/ or a step folder: the best checkpoint
   by validation, else the latest) or a weights file (a VG-SSL checkpoint of train_ssl.py or
-  train.py, or one of our exports). The projector and anything else stay as initialised."""
+  train.py, or one of our exports). A re-ranking network also takes the local head and the
+  R2Former when `path` has them (stage 2's jobs (d), (e)); the projector and anything else
+  stay as initialised."""
   if is_weight_file(path):
     loaded, report = vgssl.import_vgssl_state(load_state_dict(path), variables)
-    return loaded, sorted(report["loaded"])
+    return loaded, ("backbone", "aggregation", *report["stage2"])
   directory, step, meta, theirs = _run_network(path, config)
   from vgssl_jax.objectives.registry import build_network  # pylint: disable=import-outside-toplevel
   image_size = tuple(meta.get("image_size") or config.data.image_size)
@@ -77,11 +82,12 @@ def load_init_from(path: str, config, variables: dict) -> tuple[dict, list[str]]
   template = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), image_size))
   saved = checkpoints.restore_variables(directory, step, template,
                                         jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-  taken = jax.device_get(subtrees(saved, ("backbone", "aggregation")))
+  modules = ("backbone", "aggregation") + tuple(
+      m for m in STAGE2_MODULES if m in saved["params"] and m in variables["params"])
+  taken = jax.device_get(subtrees(saved, modules))
   logging.info("train.init_from: step %d of %s (%s, method %s)", step, directory,
                theirs.backbone, meta["method"])
-  return replace_subtrees(variables, taken), sorted(
-      f"{c}.{n}" for c in ("params", "batch_stats") for n in _names(taken.get(c, {})))
+  return replace_subtrees(variables, taken), modules
 
 
 def _plain(value):
@@ -96,6 +102,8 @@ def _run_network(path: str, config):
   differ = [f"model.{k}: {_plain(theirs[k])!r} in the run, {_plain(ours[k])!r} here"
             for k in NETWORK_KEYS if _plain(theirs[k]) != _plain(ours[k])
             and not (k == "vit" and ours.backbone != "deit")]
+  if theirs.get("local_dim") and ours.local_dim and theirs.local_dim != ours.local_dim:
+    differ.append(f"model.local_dim: {theirs.local_dim} in the run, {ours.local_dim} here")
   if differ:
     raise ConfigError(f"train.init_from={path}: its network differs from this config's "
                       f"({'; '.join(differ)}); set those model.* values to the run's.")
@@ -116,13 +124,12 @@ def with_init_from(state: TrainState, config, mesh: Mesh) -> TrainState:
   """`state` whose network starts from train.init_from (fine-tuning): which tensors were
   loaded and which stay new is logged (the original ignores wrong keys silently)."""
   variables = net_variables(state)
-  loaded, names = load_init_from(config.train.init_from, config, variables)
-  everything = {f"{c}.{n}" for c in ("params", "batch_stats") for n in _names(variables[c])}
-  new = sorted(n for n in everything if not any(
-      n.startswith(prefix) for prefix in ("params.backbone", "params.aggregation",
-                                          "batch_stats.backbone", "batch_stats.aggregation")))
-  logging.info("train.init_from %s: loaded %d tensors (backbone and aggregation); new: %s",
-               config.train.init_from, len(names), ", ".join(new) or "none")
+  loaded, modules = load_init_from(config.train.init_from, config, variables)
+  new = sorted(m for m in variables["params"] if m not in modules and variables["params"][m])
+  count = sum(len(_names(loaded[c].get(m, {}))) for c in ("params", "batch_stats")
+              for m in modules)
+  logging.info("train.init_from %s: loaded %d tensors (%s); initialised here: %s",
+               config.train.init_from, count, ", ".join(modules), ", ".join(new) or "none")
   return replace_net(state, loaded, mesh)
 
 

@@ -106,7 +106,8 @@ class Trainer:
     tc = config.train
     self.tx = make_optimizer(tc.lr, tc.optimizer, tc.weight_decay)
     self.step_fn = jit_train_step(objective, self.tx, mesh, tc.grad_accum_steps,
-                                  registry.frozen_modules(config.model))
+                                  registry.frozen_modules(config.model) +
+                                  tuple(getattr(objective, "frozen", ())))
     self.metrics = MetricsWriter(workdir)
     self.signals = _Signals()
     self.mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), tc.keep_checkpoints)
@@ -245,7 +246,7 @@ class Trainer:
     self.metrics.write({"epoch": epoch + 1, "step": int(state.step), **metrics})
     score = val[self.selection]
     logging.info("epoch %d validation: %s (selection: %s %.2f)", epoch + 1,
-                 " ".join(f"{k} {v:.1f}" for k, v in val.items() if k.startswith("recall@")),
+                 " ".join(f"{k} {v:.1f}" for k, v in val.items() if "recall@" in k),
                  self.selection, score)
     improved = progress["best"] is None or score > progress["best"]
     progress["best"] = score if improved else progress["best"]

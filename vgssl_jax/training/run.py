@@ -48,9 +48,29 @@ def check_mesh(config, mesh) -> None:
                              "items per micro-batch (train.batch_size / train.grad_accum_steps)")
 
 
+def run_init_run(config, workdir: str) -> None:
+  """config.init_run (a whole stage-1 config), trained into <workdir>/init_run unless done,
+  becomes this run's train.init_from (the stage-2 demo runs its chain in one command)."""
+  sub = os.path.join(workdir, INIT_RUN)
+  with config.unlocked():
+    config.train.init_from = sub
+  checkpoints.check_workdir(config, workdir)
+  if os.path.exists(os.path.join(sub, "results.json")):
+    logging.info("init_run: %s is trained already", sub)
+    return
+  logging.info("init_run: training the stage-1 model (method %s) into %s", config.init_run.method,
+               sub)
+  train_and_evaluate(config.init_run, sub)
+
+
+INIT_RUN = "init_run"
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) and evaluates; writes {"before": ..., "after": ...} to results.json."""
   start = time.perf_counter()
+  if config.init_run:
+    run_init_run(config, workdir)
   objective = registry.build_objective(config)
   # wrong weights files are reported before anything is written
   abstract = abstract_variables(objective.model, config.data.image_size)
@@ -78,13 +98,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   embedder = Embedder.from_config(config, objective.model, mesh)
   source = EPOCH_SOURCES[registry.entry(config.method).epoch_source](
-      config, objective, train_places, embedder)
+      config, objective, train_places, embedder, workdir)
   validate = None
+  options = runner.EvalOptions.from_config(config.eval).for_validation()
   if val_places is not None:
-    options = runner.EvalOptions.from_config(config.eval).for_validation()
-    validate = lambda state: runner.evaluate_places(  # noqa: E731
-        embedder, retrieval_variables(state.params, state.batch_stats), val_places, options)
-  selection = f"recall@{config.eval.recall_values[config.train.save_best]}"
+    def validate(state, rerank: bool = True):
+      variables = retrieval_variables(state.params, state.batch_stats)
+      return runner.evaluate_places(embedder, variables, val_places, options,
+                                    rerank=options.reranker(embedder, variables) if rerank
+                                    else None)
+  # stage 2 selects on the re-ranked recall (train_reranker.py)
+  selection = (f"{'reranked_' if options.rerank_top else ''}recall@"
+               f"{config.eval.recall_values[config.train.save_best]}")
   trainer = Trainer(config, objective, mesh, source, workdir, validate, selection)
 
   def init_state():
@@ -99,6 +124,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                 mesh)
     return state
   state, progress = trainer.resume_or_init(init_state)
+  if validate is not None and options.rerank_top and int(state.step) == 0:
+    # train_reranker.py's sanity check of the global model it starts from
+    val = validate(state, rerank=False)
+    logging.info("global-only validation before training: %s", " ".join(
+        f"{k} {v:.1f}" for k, v in val.items() if k.startswith("recall@")))
 
   def evaluate(state):
     return runner.evaluate_all(config, embedder,

@@ -19,14 +19,22 @@ from vgssl_jax.training.state import TrainState
 
 
 def _freeze(updates: dict, frozen: tuple[str, ...]) -> dict:
-  """`updates` with zeros for the network's frozen backbone modules (their BatchNorm
-  statistics, which are not parameters, still follow the batches: train.py's behaviour)."""
+  """`updates` with zeros for the network's frozen modules, given as paths under "net"
+  ("backbone/conv1", "aggregation"; their BatchNorm statistics, which are not parameters,
+  still follow the batches in train mode: train.py's behaviour)."""
   if not frozen:
     return updates
-  backbone = dict(updates["net"]["backbone"])
-  for name in frozen:
-    backbone[name] = jax.tree.map(jnp.zeros_like, backbone[name])
-  return {**updates, "net": {**updates["net"], "backbone": backbone}}
+
+  def zero(tree: dict, path: list[str]) -> dict:
+    if path[0] not in tree:  # e.g. no projector
+      return tree
+    inner = (jax.tree.map(jnp.zeros_like, tree[path[0]]) if len(path) == 1
+             else zero(tree[path[0]], path[1:]))
+    return {**tree, path[0]: inner}
+  net = updates["net"]
+  for path in frozen:
+    net = zero(net, path.split("/"))
+  return {**updates, "net": net}
 
 
 def train_step(state: TrainState, batch: dict, *, objective: Objective,
@@ -76,7 +84,8 @@ def train_step(state: TrainState, batch: dict, *, objective: Objective,
 def jit_train_step(objective: Objective, tx: optax.GradientTransformation, mesh: Mesh,
                    accumulate: int = 1, frozen: tuple[str, ...] = ()):
   """The sharded, jitted step: state replicated, batch sharded over "data", state donated.
-  `frozen`: backbone modules whose parameters stay (models.registry.frozen_modules)."""
+  `frozen`: module paths under "net" whose parameters stay (models.registry.frozen_modules,
+  an objective's `frozen`)."""
   step = functools.partial(train_step, objective=objective, tx=tx, accumulate=accumulate,
                            frozen=tuple(frozen))
   return jax.jit(step, in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),

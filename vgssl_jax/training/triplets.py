@@ -7,6 +7,9 @@ model in eval mode (the retrieval descriptor), picks each query's best positive 
 hardest negatives (data_pipelines.mining.compute_triplets), and trains on the tuples in
 that order (train.py's loader does not shuffle), train.batch_size per step. Full mining's
 per-query cache of previous negatives is this source's state, saved with checkpoints.
+
+The global modes (stage 2) draw negatives from hard-negative lists precomputed with the
+model the run starts from (training.hard_negatives), in the run's folder (`workdir`).
 """
 
 from __future__ import annotations
@@ -22,16 +25,19 @@ from vgssl_jax import data_config
 from vgssl_jax.evaluation import search
 from vgssl_jax.evaluation.embedder import Embedder
 from vgssl_jax.objectives.base import Objective, retrieval_variables
+from vgssl_jax.training import hard_negatives
 
 
 class TripletSource:
   def __init__(self, config, objective: Objective, train_places: TrainPlaces,
-               embedder: Embedder):
+               embedder: Embedder, workdir: str | None = None):
     self.config, self.objective, self.train = config, objective, train_places
-    self.embedder = embedder
+    self.embedder, self.workdir = embedder, workdir
     tc = config.train
     self.mining = mining.TripletMiningConfig(tc.cache_refresh_rate, tc.mining,
-                                             tc.neg_samples_num, tc.negs_num_per_query)
+                                             tc.neg_samples_num, tc.negs_num_per_query,
+                                             config.rerank.neg_hardness)
+    self.hard_lists = None  # global modes: loaded or computed at the first refresh
     # msls_weighted: an error (no night/sideways metadata) shows before any model work
     self.weights = mining.msls_weights(train_places) if tc.mining == "msls_weighted" else None
     self.options = data_config.loader_options(config)
@@ -63,9 +69,15 @@ class TripletSource:
                             desc=f"refresh {segment + 1}: {part}", skip_unreadable=True)
       skipped[0] += int((~np.isfinite(feats).all(axis=1)).sum())
       return feats
+    if self.mining.mode.startswith("global") and self.hard_lists is None:
+      if self.workdir is None and not self.config.rerank.hard_negatives:
+        raise ValueError("global mining needs a run folder or rerank.hard_negatives")
+      self.hard_lists = hard_negatives.load_or_compute(
+          self.config, self.workdir, self.embedder, variables, self.train,
+          check_model=int(state.step) == 0)
     rng = np.random.default_rng([self.config.seed, epoch, segment])
     t = mining.compute_triplets(self.train, embed, rng, self.mining, search, self.neg_cache,
-                                self.weights)
+                                self.weights, self.hard_lists)
     return {"queries": t.queries.tolist(), "positives": t.positives.tolist(),
             "negatives": t.negatives.tolist(), "skipped_images": skipped[0]}
 

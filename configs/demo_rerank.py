@@ -1,0 +1,53 @@
+"""The stage-2 demo: the whole chain on the synthetic dataset in one command, on any CPU.
+
+  1. stage 1 (into <workdir>/init_run): the built-in demo's VICReg on a narrow ResNet-18
+     cut after conv5 (local tokens need layer3 and layer4);
+  2. the hard negatives of every training query, precomputed with that model;
+  3. re-ranking training (job (c) in small): the global model frozen, the local head and the
+     R2Former trained with the CE loss on (query, positive, hard negative) tuples;
+  4. evaluation of the global top 20 and of its re-ranked order (results.json "after":
+     recall@N and reranked_recall@N).
+
+  python -m vgssl_jax.main --config configs/demo_rerank.py --workdir runs/demo_rerank
+"""
+
+import importlib.util
+import os
+
+from vgssl_jax.config import base_config
+
+
+def _stage1():
+  spec = importlib.util.spec_from_file_location(
+      "demo", os.path.join(os.path.dirname(__file__), "demo.py"))
+  demo = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(demo)
+  c = demo.get_config()
+  c.model.backbone = "resnet18conv5"
+  c.eval.before = False
+  return c
+
+
+def get_config():
+  c = base_config()
+  c.init_run = _stage1()
+  s1 = c.init_run
+  c.method = "r2former"
+  c.data.name = "synthetic"
+  c.data.image_size = s1.data.image_size
+  c.model.backbone, c.model.width = s1.model.backbone, s1.model.width
+  c.model.fc_output_dim = s1.model.fc_output_dim
+  c.model.n_layers = 0
+  c.model.local_dim, c.model.num_local = 32, 48   # a 96x128 image has 6 x 8 layer3 tokens
+  c.rerank.fix, c.rerank.loss, c.rerank.neg_hardness = 1, "ce", 20
+  t = c.train
+  t.mining, t.negs_num_per_query = "global", 1
+  t.lr, t.optimizer, t.lr_schedule, t.warmup_epochs = 5e-4, "adamw", "cosine", 1
+  t.epochs, t.batch_size, t.queries_per_epoch, t.cache_refresh_rate = 6, 32, 1200, 1200
+  t.infer_batch_size = 128
+  t.random_resized_crop, t.horizontal_flip = 0.0, False
+  t.val_every = 0
+  c.eval.split = "test"
+  c.eval.rerank_top, c.eval.rerank_batch_size = 20, 16
+  c.eval.before = True
+  return c
