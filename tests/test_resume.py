@@ -169,6 +169,19 @@ def test_no_restorable_checkpoint_is_an_error_that_moves_nothing(tiny_root, tmp_
       os.path.join(workdir, "damaged_checkpoints"))
 
 
+def test_orphaned_read_errors_of_a_failed_restore_are_not_echoed(caplog):
+  """asyncio reports the unawaited reads of a failed restore with a traceback whenever it
+  collects them; only those echoes are dropped, other asyncio errors still show."""
+  import logging
+  from vgssl_jax.training import checkpoints  # noqa: F401  (installs the filter)
+  log = logging.getLogger("asyncio")
+  with caplog.at_level(logging.ERROR, logger="asyncio"):
+    log.error("Task exception was never retrieved\nfuture: <Task finished name='Task-7' "
+              "coro=<async_deserialize() done>")
+    log.error("Task exception was never retrieved\nfuture: <Task coro=<something_else()>")
+  assert [r.getMessage().split("<Task")[-1] for r in caplog.records] == [" coro=<something_else()>"]
+
+
 def test_resume_refuses_a_new_model_shape_and_allows_more_epochs(tiny_root, tmp_path, reference):
   import shutil
   workdir = str(tmp_path / "copy")

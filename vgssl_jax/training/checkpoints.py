@@ -15,6 +15,7 @@ as the original).
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -45,6 +46,19 @@ class _QuietReadOnly(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietReadOnly())
+
+
+class _QuietFailedReads(logging.Filter):
+  """A restore that fails (a damaged checkpoint) leaves orbax's other read tasks with
+  errors nobody awaits; asyncio logs each with a traceback whenever it is collected, even
+  after the failure was reported in one clear line. Those echoes are dropped."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ("never retrieved" in message and "async_deserialize" in message)
+
+
+logging.getLogger("asyncio").addFilter(_QuietFailedReads())
 
 
 def _rank(metrics: dict) -> float:
@@ -102,8 +116,10 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state) -> tuple | None:
         state, progress, meta = restore(mngr, step, abstract_state)
       except ConfigError as e:
         failures.append((step, e))
-        # tensorstore's reads still in flight report to a closed event loop: let them finish
+        # tensorstore's reads still in flight report to a closed event loop: let them
+        # finish, and collect their tasks while stderr is still quiet
         time.sleep(1.0)
+        gc.collect()
         continue
     if failures:
       _set_aside(mngr, failures, step)
