@@ -332,3 +332,128 @@ def _triplet_step(depth, width, fc_output_dim, lr, m):
     optimizer.step()
     return float(loss.detach())
   return step
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+
+def sincos_2d(dim: int, xy):
+  """The R2Former's 2-D sin-cos embedding: dim/2 from each coordinate, [sin, cos]."""
+  def one(d, p):
+    omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float32) / (d / 2.0))
+    a = p[..., None] * omega
+    return torch.cat([torch.sin(a), torch.cos(a)], -1)
+  return torch.cat([one(dim // 2, xy[..., 0]), one(dim // 2, xy[..., 1])], -1)
+
+
+class R2Former(nn.Module):
+  """The original's R2Former (model/r2former.py) as its code computes it: every entry of
+  the correlation is expanded to its 7-vector first, then both top-5 selections gather
+  from that (B, Nq, Nc, 7) tensor."""
+
+  def __init__(self, dim=32, depth=6, corr_depth=2, num_heads=4, num_corr=5):
+    super().__init__()
+    self.dim, self.num_corr = dim, num_corr
+    self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+    self.cls_token_2 = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+    self.blocks = nn.Sequential(*[Block(dim, num_heads) for _ in range(depth)])
+    self.blocks_2 = nn.Sequential(*[Block(dim, num_heads) for _ in range(corr_depth)])
+    self.decoder_norm = nn.LayerNorm(dim, eps=1e-6)
+    self.pair_head, self.pair_head_2 = nn.Linear(7, dim), nn.Linear(dim, dim)
+    self.decoder_pred = nn.Linear(dim, 2)
+
+  def forward(self, x_local, y_local):
+    b, nq, _ = x_local.shape
+    nc, k, d = y_local.shape[1], self.num_corr, self.dim
+    cq, cc = x_local[..., :3].detach().clamp(0, 1), y_local[..., :3].detach().clamp(0, 1)
+    corr = F.normalize(x_local[..., 3:], dim=-1) @ F.normalize(y_local[..., 3:], dim=-1).transpose(1, 2)
+    full = torch.cat([cq[:, :, None].expand(b, nq, nc, 3), cc[:, None].expand(b, nq, nc, 3),
+                      corr[..., None]], -1)
+    j = corr.topk(k, dim=2).indices
+    sel_q = torch.gather(full, 2, j[..., None].expand(-1, -1, -1, 7))
+    i = corr.topk(k, dim=1).indices
+    sel_c = torch.gather(full, 1, i[..., None].expand(-1, -1, -1, 7)).permute(0, 2, 1, 3)
+    sel = torch.cat([sel_q, sel_c], 1)
+    g = sel.shape[1]
+    h = (self.pair_head(sel) + sincos_2d(d, sel[..., 3:5])).reshape(b * g, k, d)
+    h = torch.cat([self.cls_token_2.expand(b * g, -1, -1), h], 1)
+    h = self.decoder_norm(self.blocks_2(h))[:, 0].reshape(b, g, d)
+    h = self.pair_head_2(h) + sincos_2d(d, sel[:, :, 0, 0:2])
+    h = torch.cat([self.cls_token.expand(b, -1, -1), h], 1)
+    return self.decoder_pred(self.decoder_norm(self.blocks(h))[:, 0])
+
+
+class DeiTRerank(nn.Module):
+  """GeoLocalizationNetRerank on the DeiT: global descriptor and `num_local` local tokens
+  [x, y, attention, local_head(token entering the last block)] with the original's gather."""
+
+  def __init__(self, image_size=(224, 224), fc_output_dim=256, local_dim=128, num_local=500,
+               finetune=False, **vit):
+    super().__init__()
+    self.vit = DistilledVisionTransformer(image_size, fc_output_dim, **vit)
+    self.local_head = nn.Linear(self.vit.norm.normalized_shape[0], local_dim)
+    self.reranker = R2Former()
+    self.num_local, self.finetune, self.image_size = num_local, finetune, image_size
+
+  def parts(self, images):
+    """(global descriptor, (B, n, 3) coordinates and attention, (B, n, C) token features)."""
+    v = self.vit
+    x = v.patch_embed(images)
+    n = x.shape[0]
+    x = torch.cat([v.cls_token.expand(n, -1, -1), v.dist_token.expand(n, -1, -1), x], 1)
+    x = v.blocks[:-1](x + v.pos_embed)
+    last = v.blocks[-1]
+    a = last.attn
+    b_, t, c = x.shape
+    qkv = a.qkv(last.norm1(x)).reshape(b_, t, 3, a.num_heads, c // a.num_heads)
+    qkv = qkv.permute(2, 0, 3, 1, 4)
+    attn = ((qkv[0] @ qkv[1].transpose(-2, -1)) * a.scale).softmax(-1)
+    score = attn[:, :, :2, 2:].sum((1, 2))
+    score = score / score.max(1, keepdim=True).values
+    att, idx = score.topk(self.num_local, dim=1)
+    feats = torch.gather(x, 1, idx[..., None].expand(-1, -1, c))  # the off-by-two gather
+    cols = -(-self.image_size[1] // 16)
+    xy = torch.stack([(idx % cols) * 16 + 8, (idx // cols) * 16 + 8], -1).float()
+    y = v.norm(last(x))
+    g = F.normalize((v.head(y[:, 0]) + v.head_dist(y[:, 1])) / 2, dim=-1)
+    return g, torch.cat([xy / max(self.image_size), att[..., None]], -1), feats
+
+  def forward(self, images):
+    g, coords, feats = self.parts(images)
+    return g, torch.cat([coords, self.local_head(feats if self.finetune else feats.detach())], -1)
+
+
+def make_rerank_step(fix: int, image_size=(224, 224), lr=5e-4, local_dim=128, num_local=500,
+                     **vit):
+  """train_reranker.py's step with the CE loss on (B queries, B positives, B * M negatives,
+  in that order along the batch): fix=1 runs the global network under no_grad in eval mode
+  and trains local_head + R2Former (AdamW); fix=0 trains everything, adding the global
+  triplet margin sum; the total over B * M."""
+  model = DeiTRerank(image_size, local_dim=local_dim, num_local=num_local, **vit)
+  params = (list(model.local_head.parameters()) + list(model.reranker.parameters())
+            if fix else list(model.parameters()))
+  optimizer = torch.optim.AdamW(params, lr=lr)
+  criterion = nn.TripletMarginLoss(margin=0.1, p=2, reduction="sum")
+
+  def step(images, b, m):
+    model.eval() if fix else model.train()
+    optimizer.zero_grad(set_to_none=True)
+    if fix:
+      with torch.no_grad():
+        g, coords, feats = model.parts(images)
+      t = torch.cat([coords, model.local_head(feats)], -1)
+    else:
+      g, t = model(images)
+    q, p, negs = t[:b], t[b:2 * b], t[2 * b:].view(b, m, *t.shape[1:])
+    total = 0.0
+    for j in range(m):
+      logits = model.reranker(torch.cat([q, q]), torch.cat([p, negs[:, j]]))
+      labels = torch.cat([torch.ones(b), torch.zeros(b)]).long()
+      total = total + F.cross_entropy(logits, labels)
+      if not fix:
+        total = total + criterion(g[:b], g[b:2 * b], g[2 * b:].view(b, m, -1)[:, j])
+    loss = total / (b * m)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+  return step
