@@ -17,6 +17,19 @@ TINY_SYNTHETIC = synthetic.SyntheticConfig(
     queries_per_street=(16, 8, 8), px_per_m=4.0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+  """One compilation cache for the whole session, shared by the xdist workers and every
+  run started as a subprocess (they compile the same tiny steps again and again)."""
+  from vgssl_jax import compilation_cache
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # the session's folder, above the workers' own
+  os.environ[compilation_cache.ENV_DIR] = str(base / "jax_compilation_cache")
+  os.environ.pop(compilation_cache.ENV_SWITCH, None)
+  compilation_cache.enable()
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> str:
   """A datasets root holding the tiny synthetic dataset under `synthetic/`."""

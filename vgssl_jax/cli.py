@@ -13,7 +13,7 @@ import traceback
 from absl import flags
 from ml_collections import config_flags
 
-from vgssl_jax import sharding
+from vgssl_jax import compilation_cache, sharding
 from vgssl_jax.config import validate
 from vgssl_jax.errors import ConfigError
 
@@ -189,6 +189,7 @@ def run_main(argv: list[str], config_flag, workdir_flag, default_workdir, job) -
   try:
     sharding.initialize_distributed(config.distributed)
     setup_logging(workdir)
+    compilation_cache.enable()
     job(config, workdir)
   except USER_ERRORS as e:
     sys.exit(f"error: {e}")
