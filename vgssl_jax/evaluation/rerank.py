@@ -21,6 +21,11 @@ from vgssl_jax.models.network import GeoLocalizationNet
 from vgssl_jax.progress import Progress
 
 
+# (query, candidate) pairs the R2Former scores per step of the device loop: as fast as larger
+# chunks on CPU (benchmarks/README.md) and a few hundred MB of activations at 500 tokens
+PAIR_CHUNK = 16
+
+
 def reorder(predictions: np.ndarray, scores: np.ndarray) -> np.ndarray:
   """(Q, K) candidates and their (Q, K) scores -> the candidates by descending score (ties
   keep the global order)."""
@@ -50,13 +55,21 @@ class Reranker:
 
   @staticmethod
   def _pair_logits(model, variables, q_local, db_local):
-    """(B, n, d) queries, (B, K, n, d) their candidates -> (B, K, 2) logits."""
+    """(B, n, d) queries, (B, K, n, d) their candidates -> (B, K, 2) logits, PAIR_CHUNK
+    pairs at a time (a loop on the device): memory stays that of one chunk, whatever B x K
+    (all 800 pairs of 8 queries' top 100 at once would ask for about 39 GB)."""
     b, k = db_local.shape[:2]
-    x = jnp.repeat(q_local[:, None], k, axis=1).reshape(b * k, *q_local.shape[1:])
-    y = db_local.reshape(b * k, *db_local.shape[2:])
-    logits = model.apply({"params": variables["params"]}, x, y,
+    n = b * k
+    c = min(PAIR_CHUNK, n)
+    chunks = -(-n // c)
+    pairs = jnp.minimum(jnp.arange(chunks * c), n - 1).reshape(chunks, c)  # padded: repeats
+    y_all = db_local.reshape(n, *db_local.shape[2:])
+
+    def chunk_logits(index):
+      return model.apply({"params": variables["params"]}, q_local[index // k], y_all[index],
                          method=GeoLocalizationNet.rerank_logits)
-    return logits.reshape(b, k, 2)
+    logits = jax.lax.map(chunk_logits, pairs)
+    return logits.reshape(chunks * c, 2)[:n].reshape(b, k, 2)
 
   def logits(self, q_local: np.ndarray, db_local: np.ndarray, candidates: np.ndarray
              ) -> np.ndarray:

@@ -77,6 +77,22 @@ def _norm(name: str | None = None) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=1e-6, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
 
 
+# From this many tokens on, CPUs get the attention as two einsums around a softmax: XLA:CPU's
+# lowering of jax.nn.dot_product_attention is 2.8x (DeiT at 480x640, 1202 tokens) to 5x
+# (R2Former, 1001 tokens of head size 8) slower forward, and no faster backward
+# (benchmarks/README.md, "attention on CPU"). Short sequences keep it: there it is faster.
+EINSUM_ATTENTION_TOKENS = 128
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """softmax(q k^T / sqrt(d)) v of (N, T, heads, d) arrays: cuDNN's flash attention on GPUs
+  (jax.nn.dot_product_attention), einsums on CPUs for long sequences."""
+  if jax.default_backend() == "cpu" and q.shape[1] >= EINSUM_ATTENTION_TOKENS:
+    logits = jnp.einsum("nthd,nshd->nhts", q, k) / math.sqrt(q.shape[-1])
+    return jnp.einsum("nhts,nshd->nthd", jax.nn.softmax(logits, axis=-1), v)
+  return jax.nn.dot_product_attention(q, k, v)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv projection (timm Attention)."""
   dim: int
@@ -96,8 +112,7 @@ class Attention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     n, t, _ = x.shape
     q, k, v = self._qkv(x)
-    # softmax(q k^T / sqrt(d)) v; cuDNN's flash attention on GPUs, XLA's elsewhere
-    out = jax.nn.dot_product_attention(q, k, v)
+    out = attention(q, k, v)
     return self.proj(out.reshape(n, t, self.dim))
 
   def probabilities(self, x: jax.Array) -> jax.Array:
