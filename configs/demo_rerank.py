@@ -25,6 +25,10 @@ def _stage1():
   c = demo.get_config()
   c.model.backbone = "resnet18conv5"
   c.eval.before = False
+  # the synthetic world with shared facade styles, where places differ in which landmarks
+  # stand where: the global descriptor confuses look-alike places, local matching can not
+  c.data.root = "datasets/styled"
+  c.data.synthetic.styles = 6
   return c
 
 
@@ -33,7 +37,8 @@ def get_config():
   c.init_run = _stage1()
   s1 = c.init_run
   c.method = "r2former"
-  c.data.name = "synthetic"
+  c.data.name, c.data.root = "synthetic", s1.data.root
+  c.data.synthetic = s1.data.synthetic
   c.data.image_size = s1.data.image_size
   c.model.backbone, c.model.width = s1.model.backbone, s1.model.width
   c.model.fc_output_dim = s1.model.fc_output_dim

@@ -18,6 +18,10 @@ winter, or a random colour cast), with sensor noise: place recognition under
 condition change. Because GeM pools globally and discards layout, places are
 told apart by local appearance (per-building colours, textures and landmarks),
 not only by where things sit in the frame.
+
+With `styles` > 0 the buildings share a few facade styles and the landmarks a few colours:
+then the whole view of one place resembles that of many others, and what tells places
+apart is which landmarks stand where, the local matching that stage-2 re-ranking does.
 """
 
 from __future__ import annotations
@@ -56,6 +60,11 @@ class SyntheticConfig:
   fov_m: float = 20.0
   px_per_m: float = 8.0
   jpeg_quality: int = 90
+  # 0: every building has its own colours and texture. N > 0: buildings take one of N
+  # facade styles shared by the whole split and landmarks take colours from a small
+  # palette, so places look alike as a whole and differ in which landmarks stand where
+  # (a world where local, spatially consistent matching matters: the stage-2 demo)
+  styles: int = 0
 
   def fingerprint(self) -> str:
     data = json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -104,12 +113,20 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
   return tex * rng.uniform(0.85, 1.0, size=(1, 1, 3)).astype(np.float32)
 
 
-def _landmarks(rng: np.random.Generator, image: Image.Image, x0: int, x1: int) -> None:
-  """Draws 0-3 distinctive shapes onto the building that spans columns [x0, x1)."""
+# landmark colours of a world with shared styles: few, so that a colour names no place
+_PALETTE = ((230, 40, 40), (40, 200, 60), (50, 90, 230), (240, 220, 40), (240, 240, 240),
+            (230, 60, 220))
+
+
+def _landmarks(rng: np.random.Generator, image: Image.Image, x0: int, x1: int,
+               palette: bool = False) -> None:
+  """Draws 0-3 distinctive shapes (1-4 from the palette) onto the building that spans
+  columns [x0, x1)."""
   draw = ImageDraw.Draw(image)
   h = image.height
-  for _ in range(rng.integers(0, 4)):
-    colour = tuple(int(c) for c in _random_colour(rng, s=(0.7, 1.0), v=(0.7, 1.0)) * 255)
+  for _ in range(rng.integers(1, 5) if palette else rng.integers(0, 4)):
+    colour = (_PALETTE[rng.integers(len(_PALETTE))] if palette else
+              tuple(int(c) for c in _random_colour(rng, s=(0.7, 1.0), v=(0.7, 1.0)) * 255))
     size = rng.uniform(0.12, 0.35) * h
     cx = rng.uniform(x0 + size / 2, max(x0 + size / 2 + 1, x1 - size / 2))
     cy = rng.uniform(size / 2, h - size / 2)
@@ -124,8 +141,9 @@ def _landmarks(rng: np.random.Generator, image: Image.Image, x0: int, x1: int) -
 
 
 def render_facade(rng: np.random.Generator, length_m: float, px_per_m: float,
-                  height_px: int) -> np.ndarray:
-  """A street's facade strip: (height_px, length_m * px_per_m, 3) uint8."""
+                  height_px: int, styles: tuple[int, ...] = ()) -> np.ndarray:
+  """A street's facade strip: (height_px, length_m * px_per_m, 3) uint8. With `styles`
+  (seeds of shared facade styles) each building's texture is drawn from one of them."""
   width = int(round(length_m * px_per_m))
   strip = np.zeros((height_px, width, 3), np.float32)
   edges = [0]
@@ -134,12 +152,13 @@ def render_facade(rng: np.random.Generator, length_m: float, px_per_m: float,
   for x0, x1 in zip(edges[:-1], edges[1:]):
     top = int(rng.uniform(0.0, 0.3) * height_px)  # buildings of different heights
     strip[:top, x0:x1] = np.nan                     # sky shows above lower buildings
-    strip[top:, x0:x1] = _texture(rng, height_px - top, x1 - x0)
+    style = np.random.default_rng(styles[rng.integers(len(styles))]) if styles else rng
+    strip[top:, x0:x1] = _texture(style, height_px - top, x1 - x0)
   sky = np.isnan(strip)
   strip = np.nan_to_num(strip)
   image = Image.fromarray((strip * 255).astype(np.uint8))
   for x0, x1 in zip(edges[:-1], edges[1:]):
-    _landmarks(rng, image, x0, x1)
+    _landmarks(rng, image, x0, x1, palette=bool(styles))
   out = np.asarray(image).copy()
   out[sky] = 0  # marks sky: painted per view, under the view's condition
   return out
@@ -251,9 +270,10 @@ def _streets(rng: np.random.Generator, split: str, count: int, cfg: SyntheticCon
   direction = np.array([np.cos(heading), np.sin(heading)])
   normal = np.array([-direction[1], direction[0]])
   origin = np.array(_SPLIT_ORIGINS[split])
+  styles = tuple(int(x) for x in rng.integers(2**31, size=cfg.styles)) if cfg.styles else ()
   return [_Street(origin + normal * STREET_GAP_M * i + direction * rng.uniform(-20, 20),
                   direction, render_facade(rng, cfg.street_length_m + cfg.fov_m * 2,
-                                           cfg.px_per_m, facade_h))
+                                           cfg.px_per_m, facade_h, styles))
           for i in range(count)]
 
 

@@ -70,3 +70,17 @@ def test_thumbnail_baseline_clearly_beats_chance(tmp_path):
   r1 = metrics.recalls(pred, ds.positives(25.0), (1,))["recall@1"]
   chance = 100 * ds.positives(25.0).counts.mean() / ds.num_database
   assert r1 > 5 * chance, (r1, chance)
+
+
+def test_shared_styles_repeat_one_facade_look_across_buildings():
+  """styles=1: every building has the one style's two colours (the brightness factor
+  included), landmarks only the palette's colours (and their outline); the default world
+  draws colours per building, so it has many more."""
+  def colours(styles):
+    strip = synthetic.render_facade(np.random.default_rng(3), 200.0, 4.0, 60, styles)
+    return {tuple(c) for c in strip.reshape(-1, 3)}
+  shared = colours((12345,))
+  allowed = set(synthetic._PALETTE) | {(20, 20, 20), (0, 0, 0)}
+  texture = shared - allowed
+  assert 1 <= len(texture) <= 2, texture
+  assert len(colours(())) > 20  # own colours per building (about 10 buildings x 2)

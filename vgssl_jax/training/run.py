@@ -54,6 +54,9 @@ def run_init_run(config, workdir: str) -> None:
   sub = os.path.join(workdir, INIT_RUN)
   with config.unlocked():
     config.train.init_from = sub
+    # one dataset for the whole chain: --config.data.root=... reaches the stage-1 run too
+    for key in ("root", "name", "synthetic"):
+      config.init_run.data[key] = config.data[key]
   checkpoints.check_workdir(config, workdir)
   if os.path.exists(os.path.join(sub, "results.json")):
     logging.info("init_run: %s is trained already", sub)
