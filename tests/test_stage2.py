@@ -152,6 +152,7 @@ def both(*overrides):
 
 def stage2_args(workdir, root, *extra):
   tiny = [o for o in tiny_overrides(root) if "projection_size" not in o and "epochs" not in o]
+  tiny.append("--config.data.synthetic.styles=0")  # the shared tiny world, not the demo's
   return main_args(workdir, *both(*tiny), "--config.init_run.model.projection_size=64",
                    "--config.init_run.train.epochs=1", "--config.train.epochs=1",
                    "--config.model.local_dim=8", "--config.model.num_local=6",
