@@ -221,6 +221,7 @@ def main():
   p.add_argument("--train-queries", type=int, default=2)
   p.add_argument("--negatives", type=int, default=1)
   p.add_argument("--steps", type=int, default=2, help="timed training steps per round")
+  p.add_argument("--fix", default="1,0", help="the training steps to time (rerank.fix values)")
   p.add_argument("--rounds", type=int, default=2)
   p.add_argument("--compare-torch", action="store_true")
   p.add_argument("--torch-python", default=sys.executable)
@@ -234,8 +235,8 @@ def main():
   if "precompute" in parts:
     result["precompute"] = bench_precompute(a)
   if "train" in parts:
-    result["train_fix1"] = bench_train(a, mesh, 1)
-    result["train_fix0"] = bench_train(a, mesh, 0)
+    for fix in (int(v) for v in a.fix.split(",")):
+      result[f"train_fix{fix}"] = bench_train(a, mesh, fix)
   common.report("stage-2 benchmarks done", result, a.out)
 
 

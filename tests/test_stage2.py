@@ -6,6 +6,8 @@ synthetic dataset."""
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -87,6 +89,19 @@ def test_device_top_k_equals_float64_numpy_in_chunks():
   want = np.argsort(-(q.astype(np.float64) @ db.T.astype(np.float64)), axis=1, kind="stable")
   np.testing.assert_array_equal(ids, want[:, :11])
   np.testing.assert_allclose(scores, np.take_along_axis(q @ db.T, want[:, :11], 1), rtol=1e-5)
+
+
+def test_host_top_k_orders_ties_as_lax_top_k():
+  # equal scores (duplicate database images) by ascending index, as lax.top_k does
+  rng = np.random.default_rng(1)
+  scores = rng.integers(0, 6, size=(9, 40)).astype(np.float32)
+  values, ids = search.host_topk(scores, 12)
+  want_values, want_ids = jax.lax.top_k(jnp.asarray(scores), 12)
+  np.testing.assert_array_equal(values, np.asarray(want_values))
+  # a tie across the 12th place may keep either index; above it the order is fixed
+  last = values[:, -1:]
+  np.testing.assert_array_equal(np.where(values > last, ids, -1),
+                                np.where(np.asarray(want_values) > last, np.asarray(want_ids), -1))
 
 
 def test_a_stale_precompute_file_is_refused(tmp_path):

@@ -7,7 +7,9 @@ the `NeighborSearch` that data_pipelines.mining is given (nearest_among, masked_
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -25,22 +27,47 @@ def _topk_chunk(queries: jax.Array, database: jax.Array, db_sq: jax.Array, k: in
   return jnp.maximum(-neg, 0.0), idx
 
 
-def _chunked(search_chunk, queries: np.ndarray, k: int, chunk: int):
-  """search_chunk((chunk, D) queries) -> (values, indices) over fixed-size chunks of the
-  queries (the last one padded), so that the search compiles once per shape."""
-  chunk = max(1, min(chunk, len(queries)))
-  values, idxs = [], []
-  for start in range(0, len(queries), chunk):
-    q = queries[start:start + chunk]
-    n = len(q)
-    if n < chunk:
-      q = np.concatenate([q, np.zeros((chunk - n, q.shape[1]), np.float32)])
-    v, i = search_chunk(jnp.asarray(q))
-    values.append(np.asarray(v)[:n])
-    idxs.append(np.asarray(i)[:n])
-  if not values:
-    return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-  return np.concatenate(values), np.concatenate(idxs).astype(np.int64)
+# On CPU, chunks are searched from this many host threads at once: XLA:CPU runs a program's
+# top_k on one core, but calls from separate threads side by side (the hard-negative
+# ranking's top 500 of 10,000 x 20,000: 2.1 s -> 1.2 s on 2 cores, benchmarks/README.md).
+MAX_SEARCH_THREADS = 4
+
+
+def _search_threads() -> int:
+  if jax.default_backend() != "cpu":
+    return 1
+  return max(1, min(MAX_SEARCH_THREADS, os.cpu_count() or 1))
+
+
+def _chunked(search_chunk, rows: list[tuple[np.ndarray, object]], chunk: int,
+             empty: list[np.ndarray]) -> list[np.ndarray]:
+  """search_chunk(*chunks) -> outputs with a leading chunk axis, over fixed-size chunks of
+  the row-aligned arrays `rows` ((array, padding value) each; the last chunk padded), so
+  the search compiles once per shape. Outputs are concatenated in row order; `empty`
+  when there are no rows."""
+  n = len(rows[0][0])
+  if n == 0:
+    return empty
+  chunk = max(1, min(chunk, n))
+
+  def run(start: int) -> list[np.ndarray]:
+    parts = []
+    for array, pad in rows:
+      part = array[start:start + chunk]
+      if len(part) < chunk:
+        fill = np.full((chunk - len(part), *array.shape[1:]), pad, array.dtype)
+        part = np.concatenate([part, fill])
+      parts.append(jnp.asarray(part))
+    return [np.asarray(out)[:min(chunk, n - start)] for out in search_chunk(*parts)]
+
+  starts = range(0, n, chunk)
+  workers = min(_search_threads(), len(starts))
+  if workers > 1:
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      results = list(pool.map(run, starts))
+  else:
+    results = [run(start) for start in starts]
+  return [np.concatenate(column) for column in zip(*results)]
 
 
 def device_knn(queries: np.ndarray, database: np.ndarray, k: int,
@@ -51,21 +78,49 @@ def device_knn(queries: np.ndarray, database: np.ndarray, k: int,
   k = min(k, len(database))
   db = jnp.asarray(np.asarray(database, np.float32))
   db_sq = jnp.sum(db * db, axis=1)
-  return _chunked(lambda q: _topk_chunk(q, db, db_sq, k), queries, k, chunk)
+  dist, idx = _chunked(lambda q: _topk_chunk(q, db, db_sq, k), [(queries, 0.0)], chunk,
+                       [np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)])
+  return dist, idx.astype(np.int64)
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
 def _dot_topk_chunk(queries: jax.Array, database: jax.Array, k: int):
-  return jax.lax.top_k(jnp.dot(queries, database.T, precision=jax.lax.Precision.HIGHEST), k)
+  return jax.lax.top_k(_dots(queries, database), k)
+
+
+@jax.jit
+def _dots(queries: jax.Array, database: jax.Array) -> jax.Array:
+  return jnp.dot(queries, database.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def host_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """The k largest entries of each row of (Q, N) `scores`, descending, equal values by
+  ascending index (as lax.top_k; a tie across the k-th place may keep either)."""
+  part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+  values = np.take_along_axis(scores, part, axis=1)
+  order = np.lexsort((part, -values), axis=1)
+  return np.take_along_axis(values, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
 def device_dot_topk(queries: np.ndarray, database: np.ndarray, k: int,
-                    chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+                    chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
   """The k database rows of largest dot product per query, descending (stage 2's hard
-  negative precompute ranks so): (similarities (Q, k), indices (Q, k) int64)."""
+  negative precompute ranks so): (similarities (Q, k), indices (Q, k) int64).
+
+  The products are computed on the device in chunks of queries. Accelerators select with
+  lax.top_k; on CPU, XLA's top_k is a partial sort on one core whose cost grows with k
+  (0.16 s per 1,000 rows of 20,000 at k = 500), so the rows are selected by numpy's
+  introselect in the search threads instead (2.6x faster there; benchmarks/README.md).
+  """
   k = min(k, len(database))
   db = jnp.asarray(np.asarray(database, np.float32))
-  return _chunked(lambda q: _dot_topk_chunk(q, db, k), np.asarray(queries, np.float32), k, chunk)
+  if jax.default_backend() == "cpu":
+    search_chunk = lambda q: host_topk(np.asarray(_dots(q, db)), k)  # noqa: E731
+  else:
+    search_chunk = lambda q: _dot_topk_chunk(q, db, k)  # noqa: E731
+  sims, idx = _chunked(search_chunk, [(np.asarray(queries, np.float32), 0.0)], chunk,
+                       [np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)])
+  return sims, idx.astype(np.int64)
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
@@ -97,18 +152,10 @@ def device_masked_knn(queries: np.ndarray, database: np.ndarray, excluded: np.nd
   width = max(8, -(-excluded.shape[1] // 8) * 8)
   excluded = np.where(excluded >= 0, excluded, n)
   excluded = np.pad(excluded, ((0, 0), (0, width - excluded.shape[1])), constant_values=n)
-  chunk = max(1, min(chunk, len(queries)))
-  dists, idxs = [], []
-  for start in range(0, len(queries), chunk):
-    q, ex = queries[start:start + chunk], excluded[start:start + chunk]
-    m = len(q)
-    if m < chunk:
-      q = np.concatenate([q, np.zeros((chunk - m, q.shape[1]), np.float32)])
-      ex = np.concatenate([ex, np.full((chunk - m, width), n)])
-    d, i = _masked_topk_chunk(jnp.asarray(q), db, db_sq, jnp.asarray(ex.astype(np.int32)), k)
-    dists.append(np.asarray(d)[:m])
-    idxs.append(np.asarray(i)[:m])
-  return np.concatenate(dists), np.concatenate(idxs).astype(np.int64)
+  dist, idx = _chunked(lambda q, ex: _masked_topk_chunk(q, db, db_sq, ex, k),
+                       [(queries, 0.0), (excluded.astype(np.int32), n)], chunk,
+                       [np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)])
+  return dist, idx.astype(np.int64)
 
 
 def faiss_knn(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -189,20 +236,11 @@ def knn_among(queries: np.ndarray, features: np.ndarray, candidates: np.ndarray,
   feats = jnp.asarray(features, jnp.float32)
   n_q, width = candidates.shape
   k = min(k, width)
-  chunk = max(1, min(chunk, n_q))
-  chosen, dists = np.empty((n_q, k), np.int64), np.empty((n_q, k), np.float32)
-  for start in range(0, n_q, chunk):
-    c = candidates[start:start + chunk]
-    q = queries[start:start + chunk]
-    m = len(c)
-    if m < chunk:  # pad to the chunk shape: one compilation
-      c = np.concatenate([c, np.full((chunk - m, width), -1, np.int64)])
-      q = np.concatenate([q, np.zeros((chunk - m, q.shape[1]), np.float32)])
-    pick, dist = _among_chunk(jnp.asarray(q), feats, jnp.asarray(c.astype(np.int32)), k)
-    pick, dist = np.asarray(pick)[:m], np.asarray(dist)[:m]
-    rows = c[:m][np.arange(m)[:, None], pick]
-    chosen[start:start + m] = np.where(np.isfinite(dist), rows, -1)
-    dists[start:start + m] = dist
+  pick, dists = _chunked(lambda q, c: _among_chunk(q, feats, c, k),
+                         [(queries, 0.0), (candidates.astype(np.int32), -1)], chunk,
+                         [np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)])
+  rows = np.take_along_axis(candidates, pick.astype(np.int64), axis=1)
+  chosen = np.where(np.isfinite(dists), rows, -1)
   return chosen, dists
 
 

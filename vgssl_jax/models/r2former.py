@@ -101,10 +101,10 @@ class R2Former(nn.Module):
     h = self.pair_head(sel) + sincos_2d(d, sel[..., 3:5])
     h = h.reshape(b * g, k, d)
     h = jnp.concatenate([jnp.broadcast_to(self.cls_token_2, (b * g, 1, d)), h], axis=1)
-    h = self.decoder_norm(self.blocks_2(h))[:, 0].reshape(b, g, d)
+    h = self.decoder_norm(self.blocks_2(h, keep=1)[:, 0]).reshape(b, g, d)
     h = self.pair_head_2(h) + sincos_2d(d, sel[:, :, 0, 0:2])
     h = jnp.concatenate([jnp.broadcast_to(self.cls_token, (b, 1, d)), h], axis=1)
-    return self.decoder_pred(self.decoder_norm(self.blocks(h))[:, 0])
+    return self.decoder_pred(self.decoder_norm(self.blocks(h, keep=1)[:, 0]))
 
   def __call__(self, x_global, x_local, y_global, y_local):
     logits = self.logits(x_local, y_local)

@@ -47,7 +47,7 @@ def model_fingerprint(variables: dict) -> str:
   return digest.hexdigest()
 
 
-def compute(embedder, variables: dict, train: TrainPlaces, chunk: int = 1024) -> np.ndarray:
+def compute(embedder, variables: dict, train: TrainPlaces, chunk: int = 512) -> np.ndarray:
   """(len(train.query_ids), 200) hard negatives of each training query (see above)."""
   places = train.places
   db = embedder(variables, places.images("database"), desc="hard negatives: database")
