@@ -22,6 +22,20 @@ import torch  # noqa: E402
 from tests.reference.torch_models import make_step  # noqa: E402
 
 
+def profile(call, n: int) -> dict:
+  """{"step_ms": wall ms per step, "self_ms": {aten operator: self CPU ms per step}}."""
+  from torch.profiler import ProfilerActivity
+  from torch.profiler import profile as torch_profile
+  with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    t0 = time.perf_counter()
+    for _ in range(n):
+      call()
+    wall = (time.perf_counter() - t0) / n
+  self_ms = {e.key: e.self_cpu_time_total / 1000 / n for e in prof.key_averages()
+             if e.self_cpu_time_total > 0}
+  return {"step_ms": 1000 * wall, "self_ms": self_ms}
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--depth", type=int, default=50)
@@ -48,7 +62,10 @@ def main():
         flush=True)
   for line in sys.stdin:
     cmd, n = line.split()
-    assert cmd == "run"
+    assert cmd in ("run", "profile")
+    if cmd == "profile":  # self CPU time per aten operator, per step
+      print(json.dumps(profile(lambda: step(x, y), int(n))), flush=True)
+      continue
     times = []
     for _ in range(int(n)):
       t0 = time.perf_counter()

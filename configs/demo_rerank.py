@@ -26,8 +26,9 @@ def _stage1():
   c = demo.get_config()
   c.model.backbone = "resnet18conv5"
   c.eval.before = False
-  # the synthetic world with shared facade styles, where places differ in which landmarks
-  # stand where: the global descriptor confuses look-alike places, local matching can not
+  # the synthetic world with facade styles shared by all its splits, where places differ in
+  # which landmarks stand where: the global descriptor confuses look-alike places, local
+  # matching can not (README, "Stage 2")
   c.data.root = "datasets/styled"
   c.data.synthetic.styles = 6
   return c

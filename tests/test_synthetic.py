@@ -84,3 +84,33 @@ def test_shared_styles_repeat_one_facade_look_across_buildings():
   texture = shared - allowed
   assert 1 <= len(texture) <= 2, texture
   assert len(colours(())) > 20  # own colours per building (about 10 buildings x 2)
+
+
+def test_the_splits_of_a_styled_world_share_its_styles(tmp_path):
+  """The facade textures of the test split are those of train (the world's styles), so
+  that what stage 2 learns on train streets applies to test streets."""
+  cfg = synthetic.SyntheticConfig(**{**TINY_SYNTHETIC.__dict__, "styles": 2})
+  assert synthetic.style_seeds(cfg) == synthetic.style_seeds(
+      synthetic.SyntheticConfig(**{**cfg.__dict__, "streets": (3, 2, 2)}))
+  assert synthetic.style_seeds(cfg) != synthetic.style_seeds(
+      synthetic.SyntheticConfig(**{**cfg.__dict__, "seed": cfg.seed + 1}))
+  allowed = set(synthetic._PALETTE) | {(20, 20, 20), (0, 0, 0)}
+
+  def textures(split):
+    streets = synthetic._streets(np.random.default_rng([cfg.seed, synthetic.SPLITS.index(split)]),
+                                 split, 2, cfg, 40)
+    return {tuple(c) for s in streets for c in s.facade.reshape(-1, 3)} - allowed
+  train, test = textures("train"), textures("test")
+  assert 2 <= len(train) <= 4 and train == test, (train, test)
+
+
+def test_a_dataset_of_an_older_generator_is_regenerated(tmp_path, monkeypatch):
+  root = str(tmp_path)
+  folder = synthetic.ensure_dataset(root, "s", TINY_SYNTHETIC)
+  stamp = os.path.getmtime(os.path.join(folder, synthetic.MANIFEST))
+  assert synthetic.ensure_dataset(root, "s", TINY_SYNTHETIC) == folder
+  assert os.path.getmtime(os.path.join(folder, synthetic.MANIFEST)) == stamp  # reused
+  monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+  synthetic.ensure_dataset(root, "s", TINY_SYNTHETIC)
+  with open(os.path.join(folder, synthetic.MANIFEST)) as f:
+    assert json.load(f)["fingerprint"] == TINY_SYNTHETIC.fingerprint()  # the new version's
