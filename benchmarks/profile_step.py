@@ -80,12 +80,12 @@ def category(name: str, instructions, computations) -> str:
   for op, out_shape, line in ops:
     if op == "convolution":
       line = line or next((l for o, _, l in body if o == "convolution"), "")
-      dims = re.search(r"dim_labels=(\S+?)[,}]", line)
-      labels = dims.group(1) if dims else ""
-      kernel = _kernel_size(line)
-      if labels.endswith("->hwio") or labels.endswith("->01io"):
-        return f"conv weight grad (window {kernel})"
-      return f"conv {'input grad' if backward else 'forward'} ({kernel})"
+      window = _kernel_size(line)
+      if not backward:
+        return f"conv forward ({window})"
+      # an input gradient's window is the kernel (3x3: the stem's 7x7 input gradient, of the
+      # image, is never computed); a weight gradient's is the forward output's spatial size
+      return f"conv input grad ({window})" if window in ("1x1", "3x3") else "conv weight grad"
     if op == "dot":
       return f"matmul {'backward' if backward else 'forward'}"
   for op, _, _ in ops:

@@ -18,10 +18,54 @@ from vgssl_jax.models.resnet_layout import STAGES, VALID_NAMES, features_dim, pa
 __all__ = ["ResNet", "STAGES", "VALID_NAMES", "parse_backbone", "stem_max_pool"]
 
 
+def _windows(x: jax.Array) -> tuple[list[jax.Array], int, int]:
+  """The 9 strided views of the -inf padded input, one per window offset (row-major)."""
+  n, h, w, c = x.shape
+  ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  views = [jax.lax.slice(xp, (0, i, j, 0), (n, i + 2 * ho - 1, j + 2 * wo - 1, c), (1, 2, 2, 1))
+           for i in range(3) for j in range(3)]
+  return views, ho, wo
+
+
+@jax.custom_vjp
+def _max_pool_3x3s2(x: jax.Array) -> jax.Array:
+  return _max_pool_fwd(x)[0]
+
+
+def _max_pool_fwd(x):
+  views, _, _ = _windows(x)
+  y, arg = views[0], jnp.zeros(views[0].shape, jnp.int8)
+  for k, v in enumerate(views[1:], 1):  # strictly greater: the first maximum keeps the window
+    greater = v > y
+    y, arg = jnp.where(greater, v, y), jnp.where(greater, jnp.int8(k), arg)
+  return y, (arg, x.shape)
+
+
+def _max_pool_bwd(res, dy):
+  arg, (n, h, w, c) = res
+  ho, wo = dy.shape[1:3]
+  dx = jnp.zeros((n, h + 2, w + 2, c), dy.dtype)
+  zero = jnp.zeros((), dy.dtype)
+  for k in range(9):  # each window's gradient to its argmax: strided placements, summed
+    i, j = divmod(k, 3)
+    part = jnp.where(arg == k, dy, zero)
+    dx = dx + jax.lax.pad(part, zero, ((0, 0, 0), (i, h + 2 - i - (2 * ho - 1), 1),
+                                       (j, w + 2 - j - (2 * wo - 1), 1), (0, 0, 0)))
+  return (dx[:, 1:h + 1, 1:w + 1],)
+
+
+_max_pool_3x3s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
 def stem_max_pool(x: jax.Array) -> jax.Array:
-  """nn.MaxPool2d(3, 2, 1). XLA's gradient gives a tie to the first maximum in the
-  window, as PyTorch does (tested). A custom VJP without select-and-scatter was
-  measured slower on CPU (benchmarks/README.md)."""
+  """nn.MaxPool2d(3, 2, 1); the gradient goes to the first maximum of each window, as in
+  PyTorch (tested). On CPU through a custom VJP that keeps each window's argmax (int8):
+  XLA:CPU's own gradient of a max pool builds index arrays and scatters, which left the
+  step's threads idle for about 10 % of the ResNet-18 step (benchmarks/README.md). Other
+  backends keep XLA's select-and-scatter (not measured there)."""
+  if jax.default_backend() == "cpu":
+    return _max_pool_3x3s2(x)
   return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
 
 
