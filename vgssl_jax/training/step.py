@@ -7,13 +7,15 @@ training.loop; the objective (objectives/) makes its views and its loss from the
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from vgssl_jax import sharding
+from vgssl_jax import cpu_env, sharding
+from vgssl_jax.models import resnet
 from vgssl_jax.objectives.base import Objective
 from vgssl_jax.training.state import TrainState
 
@@ -88,6 +90,15 @@ def jit_train_step(objective: Objective, tx: optax.GradientTransformation, mesh:
   an objective's `frozen`)."""
   step = functools.partial(train_step, objective=objective, tx=tx, accumulate=accumulate,
                            frozen=tuple(frozen))
+  model = objective.model
+  # bottleneck ResNets (their 1x1 convolutions are matrix products) without the R2Former's
+  # attention: oneDNN's products on CPU (cpu_env)
+  bottlenecks = (isinstance(model.backbone, resnet.ResNet) and model.backbone.depth >= 50
+                 and model.Reranker is None)
+  options = cpu_env.train_step_compiler_options(bottlenecks, mesh.devices.flat[0].platform)
+  if options:  # XLA cannot serialise oneDNN thunks: this step is compiled in every run
+    warnings.filterwarnings(
+        "ignore", message="Error writing persistent compilation cache entry for 'jit_train_step'")
   return jax.jit(step, in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
                  out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
-                 donate_argnums=0)
+                 donate_argnums=0, compiler_options=options)
