@@ -26,7 +26,7 @@ def test_user_settings_and_opt_out_win(monkeypatch):
   assert cpu_env.wanted() == {}
 
 
-def test_train_step_options_only_for_convolutional_steps_on_cpu(monkeypatch):
+def test_train_step_options_only_for_bottleneck_resnets_on_cpu(monkeypatch):
   monkeypatch.delenv("VGSSL_CPU_TUNING", raising=False)
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   assert cpu_env.train_step_compiler_options(True, "cpu") == cpu_env.ONEDNN_DOTS
@@ -37,6 +37,31 @@ def test_train_step_options_only_for_convolutional_steps_on_cpu(monkeypatch):
   monkeypatch.delenv("XLA_FLAGS")
   monkeypatch.setenv("VGSSL_CPU_TUNING", "0")
   assert cpu_env.train_step_compiler_options(True, "cpu") is None
+
+
+def test_the_step_gets_the_options_by_its_network(monkeypatch):
+  from vgssl_jax.config import base_config
+  from vgssl_jax.objectives.registry import build_objective
+  from vgssl_jax.training.step import step_compiler_options
+
+  monkeypatch.delenv("VGSSL_CPU_TUNING", raising=False)
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+
+  def options(backbone, platform="cpu", method="vicreg"):
+    c = base_config()
+    c.method = method
+    c.data.image_size = (64, 64)
+    c.model.backbone, c.model.width = backbone, 8
+    c.model.vit.update({"embed_dim": 32, "depth": 1, "num_heads": 2})
+    if method == "r2former":
+      c.model.n_layers, c.model.local_dim, c.model.num_local = 0, 16, 8
+    return step_compiler_options(build_objective(c).model, platform)
+  assert options("resnet50conv5") == cpu_env.ONEDNN_DOTS
+  assert options("resnet101conv4") == cpu_env.ONEDNN_DOTS
+  assert options("resnet50conv5", "gpu") is None
+  assert options("resnet18conv4") is None  # no 1x1 products to speak of; keeps the cache
+  assert options("deit") is None
+  assert options("resnet50conv5", method="r2former") is None  # attention: YNNPACK
 
 
 @pytest.mark.filterwarnings("ignore:Error writing persistent compilation cache")

@@ -83,6 +83,15 @@ def train_step(state: TrainState, batch: dict, *, objective: Objective,
   return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
+def step_compiler_options(model, platform: str) -> dict | None:
+  """XLA options of the step's jit: oneDNN's matrix products on CPU for bottleneck ResNets
+  (their 1x1 convolutions are matrix products) without the R2Former's attention
+  (cpu_env.train_step_compiler_options); None otherwise."""
+  bottlenecks = (isinstance(model.backbone, resnet.ResNet) and model.backbone.depth >= 50
+                 and model.Reranker is None)
+  return cpu_env.train_step_compiler_options(bottlenecks, platform)
+
+
 def jit_train_step(objective: Objective, tx: optax.GradientTransformation, mesh: Mesh,
                    accumulate: int = 1, frozen: tuple[str, ...] = ()):
   """The sharded, jitted step: state replicated, batch sharded over "data", state donated.
@@ -90,12 +99,7 @@ def jit_train_step(objective: Objective, tx: optax.GradientTransformation, mesh:
   an objective's `frozen`)."""
   step = functools.partial(train_step, objective=objective, tx=tx, accumulate=accumulate,
                            frozen=tuple(frozen))
-  model = objective.model
-  # bottleneck ResNets (their 1x1 convolutions are matrix products) without the R2Former's
-  # attention: oneDNN's products on CPU (cpu_env)
-  bottlenecks = (isinstance(model.backbone, resnet.ResNet) and model.backbone.depth >= 50
-                 and model.Reranker is None)
-  options = cpu_env.train_step_compiler_options(bottlenecks, mesh.devices.flat[0].platform)
+  options = step_compiler_options(objective.model, mesh.devices.flat[0].platform)
   if options:  # XLA cannot serialise oneDNN thunks: this step is compiled in every run
     warnings.filterwarnings(
         "ignore", message="Error writing persistent compilation cache entry for 'jit_train_step'")
