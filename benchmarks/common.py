@@ -65,6 +65,41 @@ def stage_one_step(objective, size: tuple[int, int], pairs: int, mesh, seed: int
   return state, step, batch
 
 
+SUPERVISED = ("triplet", "sare_ind", "sare_joint")
+
+
+def add_step_options(p) -> None:
+  """The options that describe the stage-1 step to time or profile (train_step.py,
+  profile_step.py) and its PyTorch twin (train_step.TorchWorker reads them)."""
+  import sys
+  p.add_argument("--method", default="vicreg")
+  p.add_argument("--backbone", default="resnet50conv5")
+  p.add_argument("--width", type=int, default=64, help="ResNet channel width (64: torchvision)")
+  p.add_argument("--vit", default="384,12,6",
+                 help="DeiT embed_dim,depth,num_heads (with --backbone deit; DeiT-S default)")
+  p.add_argument("--resolution", default="224x224", help="HxW of the input images")
+  p.add_argument("--batch", type=int, default=8, help="pairs per step")
+  p.add_argument("--n-layers", type=int, default=2)
+  p.add_argument("--projection-size", type=int, default=4096)
+  p.add_argument("--fc-output-dim", type=int, default=1024)
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--negatives", type=int, default=2,
+                 help="M negatives per query tuple (triplet, sare_ind, sare_joint)")
+  p.add_argument("--compare-torch", action="store_true")
+  p.add_argument("--torch-python", default=sys.executable,
+                 help="a Python with torch installed, for --compare-torch")
+  p.add_argument("--out", default=None, help="write the figures as JSON here")
+
+
+def step_from_options(a, mesh):
+  """(image size, state, jitted step, batch) of the step `add_step_options` describes."""
+  size = parse_size(a.resolution)
+  step_objective = objective(a.method, a.backbone, a.width, a.fc_output_dim, a.n_layers,
+                             a.projection_size, a.dtype, vit=a.vit, image_size=size)
+  negatives = a.negatives if a.method in SUPERVISED else 0
+  return (size, *stage_one_step(step_objective, size, a.batch, mesh, negatives=negatives))
+
+
 def median(values) -> float:
   return float(statistics.median(values))
 

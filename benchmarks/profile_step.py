@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 
@@ -101,10 +100,7 @@ def category(name: str, instructions, computations) -> str:
 
 
 def profile_ours(a, mesh) -> dict:
-  size = common.parse_size(a.resolution)
-  objective = common.objective(a.method, a.backbone, a.width, a.fc_output_dim, a.n_layers,
-                               a.projection_size, a.dtype, image_size=size)
-  state, step, batch = common.stage_one_step(objective, size, a.batch, mesh)
+  _, state, step, batch = common.step_from_options(a, mesh)
   compiled = step.lower(state, batch).compile()
   instructions, computations = parse_hlo(compiled.as_text())
   for _ in range(a.warmup):
@@ -149,20 +145,9 @@ def torch_category(op: str) -> str:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--method", default="vicreg")
-  p.add_argument("--backbone", default="resnet50conv5")
-  p.add_argument("--width", type=int, default=64)
-  p.add_argument("--resolution", default="224x224")
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--n-layers", type=int, default=2)
-  p.add_argument("--projection-size", type=int, default=4096)
-  p.add_argument("--fc-output-dim", type=int, default=1024)
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  common.add_step_options(p)
   p.add_argument("--warmup", type=int, default=4)
   p.add_argument("--steps", type=int, default=3)
-  p.add_argument("--compare-torch", action="store_true")
-  p.add_argument("--torch-python", default=sys.executable)
-  p.add_argument("--out", default=None)
   a = p.parse_args()
   mesh = sharding.make_mesh(0)
   ours = profile_ours(a, mesh)
@@ -172,7 +157,6 @@ def main():
     print(f"  {ms:8.1f} ms  {name}")
   if a.compare_torch:
     import train_step
-    a.vit, a.negatives = "384,12,6", 0
     worker = train_step.TorchWorker(a.torch_python, a)
     worker.run(a.warmup)
     worker.proc.stdin.write(f"profile {a.steps}\n")

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 
 import common
@@ -58,27 +57,11 @@ class TorchWorker:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--method", default="vicreg")
-  p.add_argument("--backbone", default="resnet50conv5")
-  p.add_argument("--width", type=int, default=64, help="ResNet channel width (64: torchvision)")
-  p.add_argument("--vit", default="384,12,6",
-                 help="DeiT embed_dim,depth,num_heads (with --backbone deit; DeiT-S default)")
-  p.add_argument("--resolution", default="224x224", help="HxW of the input images")
-  p.add_argument("--batch", type=int, default=8, help="pairs per step")
-  p.add_argument("--n-layers", type=int, default=2)
-  p.add_argument("--projection-size", type=int, default=4096)
-  p.add_argument("--fc-output-dim", type=int, default=1024)
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  common.add_step_options(p)
   p.add_argument("--devices", type=int, default=0, help="mesh size (0: all)")
   p.add_argument("--warmup", type=int, default=4)
   p.add_argument("--steps", type=int, default=5, help="timed steps per round")
   p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (with --compare-torch)")
-  p.add_argument("--negatives", type=int, default=2,
-                 help="M negatives per query tuple (triplet, sare_ind, sare_joint)")
-  p.add_argument("--compare-torch", action="store_true")
-  p.add_argument("--torch-python", default=sys.executable,
-                 help="a Python with torch installed, for --compare-torch")
-  p.add_argument("--out", default=None, help="write the figures as JSON here")
   a = p.parse_args()
   if a.warmup < 3:
     p.error("--warmup must be >= 3: the first steps after compilation are not steady state")
@@ -87,12 +70,8 @@ def main():
 
   mesh = sharding.make_mesh(a.devices)
   sharding.check_divisible(a.batch, mesh, "--batch")
-  size = common.parse_size(a.resolution)
-  objective = common.objective(a.method, a.backbone, a.width, a.fc_output_dim, a.n_layers,
-                               a.projection_size, a.dtype, vit=a.vit, image_size=size)
-  supervised = a.method in ("triplet", "sare_ind", "sare_joint")
-  state, step, batch = common.stage_one_step(objective, size, a.batch, mesh,
-                                             negatives=a.negatives if supervised else 0)
+  size, state, step, batch = common.step_from_options(a, mesh)
+  supervised = a.method in common.SUPERVISED
 
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
