@@ -18,14 +18,14 @@ from vgssl_jax.models.resnet_layout import STAGES, VALID_NAMES, features_dim, pa
 __all__ = ["ResNet", "STAGES", "VALID_NAMES", "parse_backbone", "stem_max_pool"]
 
 
-def _windows(x: jax.Array) -> tuple[list[jax.Array], int, int]:
+def _windows(x: jax.Array) -> list[jax.Array]:
   """The 9 strided views of the -inf padded input, one per window offset (row-major)."""
   n, h, w, c = x.shape
   ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
   views = [jax.lax.slice(xp, (0, i, j, 0), (n, i + 2 * ho - 1, j + 2 * wo - 1, c), (1, 2, 2, 1))
            for i in range(3) for j in range(3)]
-  return views, ho, wo
+  return views
 
 
 @jax.custom_vjp
@@ -34,7 +34,7 @@ def _max_pool_3x3s2(x: jax.Array) -> jax.Array:
 
 
 def _max_pool_fwd(x):
-  views, _, _ = _windows(x)
+  views = _windows(x)
   y, arg = views[0], jnp.zeros(views[0].shape, jnp.int8)
   for k, v in enumerate(views[1:], 1):  # strictly greater: the first maximum keeps the window
     greater = v > y
