@@ -9,19 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import golden
 from tests.conftest import run_python, tiny_model_config, tiny_overrides
 from tests.test_main import assert_clean_error, main_args
 from vgssl_jax.errors import ConfigError
 from vgssl_jax.models.network import build_model, init_variables
 from vgssl_jax.models.weights import timm_deit, vgssl
-
-GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden")
-
-
-def golden(name):
-  with np.load(os.path.join(GOLDEN, name)) as data:
-    return {k: data[k] for k in data.files}
-
 
 def deit_config(embed_dim=48, depth=2, num_heads=2, fc=16, **model):
   mc = tiny_model_config(backbone="deit", fc_output_dim=fc, **model)
@@ -37,19 +30,32 @@ def abstract(net, image_size=(64, 96)):
   return jax.eval_shape(lambda: init_variables(net, jax.random.PRNGKey(0), image_size))
 
 
+def golden_deit(**changes):
+  """(golden deit_retrieval.npz, its image size, the DeiT network its config describes,
+  with `changes` to the build arguments)."""
+  g = golden.load("deit_retrieval.npz")
+  cfg = golden.config(g)
+  size = tuple(cfg["img_size"])
+  kw = dict(embed_dim=cfg["embed_dim"], depth=cfg["depth"], num_heads=cfg["num_heads"],
+            fc=cfg["num_classes"])
+  kw.update(changes)
+  size = tuple(kw.pop("image_size", size))
+  return g, size, deit_net(size, **kw)
+
+
 @pytest.mark.parametrize("layout", ["lightning", "bare"])
 def test_descriptors_equal_the_original_deit(layout):
   """deit_retrieval.npz: weights by the original's names -> our network -> its descriptors.
   `lightning`: the stage-1 checkpoint's backbone.* keys (plus a projector, ignored);
   `bare`: train.py's DeiT, keys without a prefix."""
-  g = golden("deit_retrieval.npz")
-  state = {k[2:]: v for k, v in g.items() if k.startswith("w/")}
-  if layout == "lightning":
+  g, size, net = golden_deit()
+  state = golden.weights(g)
+  if layout == "lightning":  # with a projector layer, which the import ignores
     state = {f"backbone.{k}": v for k, v in state.items()}
-    state["aggregation.1.0.weight"] = np.zeros((24, 16), np.float32)
-  net = deit_net()
+    state["aggregation.1.0.weight"] = np.zeros((24, state["backbone.head.weight"].shape[0]),
+                                               np.float32)
   variables, report = vgssl.import_vgssl_state(state, jax.tree.map(
-      lambda s: np.zeros(s.shape, s.dtype), abstract(net)))
+      lambda s: np.zeros(s.shape, s.dtype), abstract(net, size)))
   assert report["layout"] == "deit"
   got = net.apply(variables, jnp.asarray(g["images"].transpose(0, 2, 3, 1)), train=False,
                   project=False)["descriptor"]
@@ -57,7 +63,7 @@ def test_descriptors_equal_the_original_deit(layout):
 
 
 def test_position_grid_resize_equals_the_original():
-  g = golden("pos_embed_resize.npz")
+  g = golden.load("pos_embed_resize.npz")
   up = timm_deit.resize_pos_embed(g["pos_embed"], tuple(g["grid"]))
   down = timm_deit.resize_pos_embed(g["pos_embed"], tuple(g["grid_down"]))
   np.testing.assert_allclose(up, g["resized"], atol=3e-6)
@@ -120,15 +126,19 @@ def test_imagenet_weights_load_with_the_original_resize_and_head_slicing(tmp_pat
 
 
 def test_wrong_checkpoints_are_clear_errors():
-  g = golden("deit_retrieval.npz")
-  state = {f"backbone.{k[2:]}": v for k, v in g.items() if k.startswith("w/")}
-  other_grid = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                            abstract(deit_net((32, 64)), (32, 64)))
-  with pytest.raises(ConfigError, match="24 patches, this model's for 8: set --config.data"):
+  g, size, _ = golden_deit()
+  state = {f"backbone.{k}": v for k, v in golden.weights(g).items()}
+  patches, width = state["backbone.pos_embed"].shape[1] - 2, state["backbone.pos_embed"].shape[2]
+  other = (size[0] + 16, size[1])  # one more row of patches
+  _, _, net = golden_deit(image_size=other)
+  other_grid = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract(net, other))
+  with pytest.raises(ConfigError, match=f"{patches} patches, this model's for "
+                     f"{patches + size[1] // 16}: set --config.data"):
     vgssl.import_vgssl_state(state, other_grid)
-  with pytest.raises(ConfigError, match="48 wide, this model 32"):
+  _, _, narrow = golden_deit(embed_dim=width + 2, num_heads=1)
+  with pytest.raises(ConfigError, match=f"{width} wide, this model {width + 2}"):
     vgssl.import_vgssl_state(state, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                                                 abstract(deit_net(embed_dim=32, num_heads=2))))
+                                                 abstract(narrow, size)))
   resnet = build_model(tiny_model_config(), "vicreg", (32, 48))
   resnet_vars = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract(resnet, (32, 48)))
   with pytest.raises(ConfigError, match="DeiT checkpoint .* set --config.model.backbone=deit"):
