@@ -4,6 +4,10 @@ and model selection, metric lines."""
 import json
 import os
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
 from data_pipelines.places import TrainPlaces
 from tests.conftest import tiny_config
 from vgssl_jax import data_config, sharding
@@ -50,6 +54,7 @@ def test_early_stopping_after_patience_validations(tiny_root, tmp_path):
       "recall@1": 0.0, "recall@5": next(recalls)})
   state, progress = trainer.resume_or_init()
   state = trainer.fit(state, progress)
+  tested, info = trainer.tested(state)
   trainer.close()
   assert int(state.step) == 4 * 2  # stopped after epoch 4 (2 steps per epoch)
   # the best checkpoint is the first with R@5 = 60 (a tie keeps the earlier one), and the
@@ -58,6 +63,28 @@ def test_early_stopping_after_patience_validations(tiny_root, tmp_path):
   assert checkpoints.best_step(trainer.mngr) == 4
   assert trainer.mngr.all_steps() == [4, 6, 8]
   assert checkpoints.read_meta(str(tmp_path))[1] == 4  # what the evaluation runner picks
+  # the model tested after training is that checkpoint's, not the last state's
+  assert info == {"step": 4, "selection": "recall@5 = 60.00"}
+  from tests.test_resume import assert_bit_identical
+  mngr = checkpoints.manager(os.path.join(tmp_path, "checkpoints"), read_only=True)
+  saved = mngr.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  assert_bit_identical(jax.tree.map(np.asarray, tested),
+                       {"params": jax.tree.map(np.asarray, saved["params"]["net"]),
+                        "batch_stats": jax.tree.map(np.asarray, saved["batch_stats"]["net"])})
+  last = jax.tree.map(np.asarray, state.params["net"])
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(last),
+                                                      jax.tree.leaves(tested["params"])))
+
+
+def test_without_validation_the_last_model_is_tested(tiny_root, tmp_path):
+  c = tiny_config(tiny_root)
+  trainer, _ = make_trainer(c, str(tmp_path))
+  state, progress = trainer.resume_or_init()
+  state = trainer.fit(state, progress)
+  tested, info = trainer.tested(state)
+  trainer.close()
+  assert info == {"step": int(state.step), "selection": "last"}
+  assert tested["params"] is state.params["net"]
 
 
 def test_tensorboard_events_when_a_writer_is_installed(tmp_path, monkeypatch):

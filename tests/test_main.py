@@ -24,6 +24,9 @@ def test_main_trains_and_evaluates_end_to_end(tiny_root, tmp_path):
     assert 0 <= r["recall@1"] <= r["recall@5"] <= r["recall@10"] <= r["recall@20"] <= 100
     assert r["queries"] == 8 and r["database"] == 16
   assert "| after | synthetic |" in proc.stdout
+  # no validation: the last model is the one tested, and the table says so
+  assert results["tested"] == {"step": 2, "selection": "last"}
+  assert "after = the last model (step 2, no validation)" in proc.stdout
   # the entry point re-executed itself with the CPU malloc defaults (vgssl_jax.cpu_env)
   assert "CPU malloc settings: glibc.malloc.arena_max=1" in proc.stderr
   lines = open(os.path.join(workdir, "metrics.jsonl")).read().splitlines()

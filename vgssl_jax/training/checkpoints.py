@@ -170,6 +170,11 @@ def best_step(mngr: ocp.CheckpointManager) -> int | None:
   return max(ranked)[1] if ranked else None
 
 
+def selection_score(mngr: ocp.CheckpointManager, step: int) -> float:
+  """The validation score that selected the checkpoint at `step`."""
+  return float(_meta(mngr, step)["metrics"][SELECTION])
+
+
 def best_or_latest_step(mngr: ocp.CheckpointManager) -> int | None:
   """The best step by validation score if any was validated, else the latest."""
   best = best_step(mngr)

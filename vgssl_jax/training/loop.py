@@ -28,7 +28,7 @@ from vgssl_jax import sharding
 from vgssl_jax.config import config_changes
 from vgssl_jax.errors import Preempted, TrainingDiverged
 from vgssl_jax.models import registry
-from vgssl_jax.objectives.base import Objective
+from vgssl_jax.objectives.base import Objective, retrieval_variables
 from vgssl_jax.progress import Progress
 from vgssl_jax.training import checkpoints
 from vgssl_jax.training.epochs import EpochSource
@@ -277,6 +277,26 @@ class Trainer:
           self._stop_preempted(f"after epoch {epoch + 1}")
     self.mngr.wait_until_finished()
     return state
+
+  def tested(self, state: TrainState) -> tuple[dict, dict]:
+    """The retrieval network to test after training, and which it is: the checkpoint with
+    the best validation score when the run validated (as the original reloads
+    best_model.pth), else the last state. The info is {"step": N, "selection": "<metric> =
+    <value>"} or {"step": N, "selection": "last"}."""
+    self.mngr.wait_until_finished()
+    best = checkpoints.best_step(self.mngr)
+    last = retrieval_variables(state.params, state.batch_stats)
+    if best is None:
+      return last, {"step": int(state.step), "selection": "last"}
+    score = checkpoints.selection_score(self.mngr, best)
+    info = {"step": best, "selection": f"{self.selection} = {score:.2f}"}
+    if best == int(state.step):
+      return last, info
+    template = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), last)
+    variables = checkpoints.restore_variables(self.mngr.directory, best, template,
+                                              sharding.replicated(self.mesh))
+    logging.info("testing the best checkpoint: step %d (%s)", best, info["selection"])
+    return variables, info
 
   def close(self) -> None:
     self.mngr.wait_until_finished()

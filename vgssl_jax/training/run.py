@@ -48,6 +48,13 @@ def check_mesh(config, mesh) -> None:
                              "items per micro-batch (train.batch_size / train.grad_accum_steps)")
 
 
+def tested_text(tested: dict) -> str:
+  """How the printed table names the tested model."""
+  if tested["selection"] == "last":
+    return f"the last model (step {tested['step']}, no validation)"
+  return f"the best validated checkpoint (step {tested['step']}, {tested['selection']})"
+
+
 def run_init_run(config, workdir: str) -> None:
   """config.init_run (a whole stage-1 config), trained into <workdir>/init_run unless done,
   becomes this run's train.init_from (the stage-2 demo runs its chain in one command)."""
@@ -133,9 +140,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("global-only validation before training: %s", " ".join(
         f"{k} {v:.1f}" for k, v in val.items() if k.startswith("recall@")))
 
-  def evaluate(state):
-    return runner.evaluate_all(config, embedder,
-                               retrieval_variables(state.params, state.batch_stats), eval_sets)
+  def evaluate(variables):
+    return runner.evaluate_all(config, embedder, variables, eval_sets)
 
   results = {}
   before_path = os.path.join(workdir, "before.json")
@@ -144,17 +150,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
       with open(before_path) as f:
         results["before"] = json.load(f)
     else:
-      results["before"] = evaluate(state)
+      results["before"] = evaluate(retrieval_variables(state.params, state.batch_stats))
       _write_json(before_path, results["before"])
   try:
     state = trainer.fit(state, progress)
+    variables, tested = trainer.tested(state)
   finally:
     trainer.close()
-  results["after"] = evaluate(state)
+  results["after"] = evaluate(variables)
+  results["tested"] = tested
   results["seconds"] = time.perf_counter() - start
   _write_json(os.path.join(workdir, "results.json"), results)
-  table = runner.format_table({k: v for k, v in results.items() if k != "seconds"},
+  table = runner.format_table({k: results[k] for k in ("before", "after") if k in results},
                               tuple(config.eval.recall_values))
-  print(f"\nRecall@N (%) on the {config.eval.split} split, {results['seconds']:.0f} s in all:\n"
-        f"{table}\nresults: {os.path.join(workdir, 'results.json')}", flush=True)
+  print(f"\nRecall@N (%) on the {config.eval.split} split, {results['seconds']:.0f} s in all; "
+        f"after = {tested_text(tested)}:\n{table}\nresults: "
+        f"{os.path.join(workdir, 'results.json')}", flush=True)
   return results
