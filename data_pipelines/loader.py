@@ -36,10 +36,11 @@ class _LoadItem(grain.transforms.Map):
   query_images: images.ImageSource
   database: images.ImageSource
   size: tuple[int, int]
-  draft: bool = True
+  draft: bool = False
   stack_negatives: bool = False  # "negatives" (M, h, w, 3) instead of one "negative"
 
   def _load(self, item) -> dict:
+    # training images: the PIL resize, as the original's training transform
     load = lambda source, i: images.load_image(source, i, self.size, self.draft)
     out = {"query": load(self.query_images, item[0]), "positive": load(self.database, item[1])}
     if self.stack_negatives:
@@ -63,20 +64,22 @@ class _LoadItem(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class _LoadImage(grain.transforms.Map):
-  """index -> {"views": (V, h, w, 3) uint8 views of one image (one hard-resized view by
-  default), "ok": whether it could be read}. An unreadable image raises ImageReadError, or
-  with skip_unreadable gives black views (V fixed: `num_views`) with ok False."""
+  """index -> {"views": (V, h, w, 3) views of one image (one hard-resized view by default;
+  uint8 from the "pil" resize, float32 from the "tensor" one), "ok": whether it could be
+  read}. An unreadable image raises ImageReadError, or with skip_unreadable gives black
+  views (V fixed: `num_views`) with ok False."""
   source: images.ImageSource
   size: tuple[int, int]
   views: Callable[[Image.Image], np.ndarray] | None = None
-  draft: bool = True
+  draft: bool = False
   skip_unreadable: bool = False
   num_views: int = 1
+  resize: str = "tensor"
 
   def map(self, index):
     try:
       if self.views is None:
-        pixels = images.load_image(self.source, index, self.size, self.draft)[None]
+        pixels = images.load_image(self.source, index, self.size, self.draft, self.resize)[None]
       else:
         pixels = self.views(self.source.open(index))
       return {"views": pixels, "ok": np.bool_(True)}
@@ -84,7 +87,8 @@ class _LoadImage(grain.transforms.Map):
       if not self.skip_unreadable:
         raise
       logging.warning("training skips an unreadable image: %s", e)
-      return {"views": np.zeros((self.num_views, *self.size, 3), np.uint8), "ok": np.bool_(False)}
+      dtype = np.float32 if self.resize == "tensor" else np.uint8
+      return {"views": np.zeros((self.num_views, *self.size, 3), dtype), "ok": np.bool_(False)}
 
 
 def epoch_order(num_items: int, items_per_step: int, seed: int, epoch: int) -> np.ndarray:
@@ -129,7 +133,10 @@ class LoaderOptions:
   num_workers: int = 0   # processes; 0 decodes in threads of this process
   num_threads: int = 4
   prefetch: int = 2
-  jpeg_draft: bool = True  # JPEG DCT downscaling before the resize (see images.decode)
+  jpeg_draft: bool = False  # JPEG DCT downscaling before the resize (see images.decode)
+  # evaluation and mining images: "tensor" (the original's evaluation pipeline, float32) or
+  # "pil" (the training resize, uint8); training batches always use "pil"
+  eval_resize: str = "tensor"
 
 
 def _iterate(dataset: grain.MapDataset, options: LoaderOptions) -> grain.IterDataset:
@@ -174,13 +181,14 @@ def tuple_dataset(places: PlaceDataset, items: np.ndarray, local_batch: int,
 def image_dataset(source: images.ImageSource, indices: np.ndarray, batch_size: int,
                   options: LoaderOptions, views=None,
                   skip_unreadable: bool = False) -> grain.IterDataset:
-  """Batches {"views": (b, V, h, w, 3) uint8, "ok": (b,) bool} of the views of images
+  """Batches {"views": (b, V, h, w, 3), "ok": (b,) bool} of the views of images
   `source[indices]`, in order; the last batch may be smaller. `views`: image -> (V, h, w,
-  3) (default: one hard resize). skip_unreadable: unreadable images give black views and
-  ok False instead of an ImageReadError (views must then have a fixed size)."""
+  3) (default: one hard resize by options.eval_resize). skip_unreadable: unreadable images
+  give black views and ok False instead of an ImageReadError (views must then have a fixed
+  size)."""
   num_views = getattr(views, "num_views", 1)
   load = _LoadImage(source, tuple(options.image_size), views, options.jpeg_draft,
-                    skip_unreadable, num_views)
+                    skip_unreadable, num_views, options.eval_resize)
   dataset = grain.MapDataset.source(np.asarray(indices)).map(load).batch(
       batch_size, drop_remainder=False)
   return _iterate(dataset, options)

@@ -8,7 +8,9 @@ for queries only: each method turns one query image into the view(s) it is embed
   nearest_crop  the five crops searched separately (merged by vgssl_jax.evaluation.retrieval)
   maj_voting    as nearest_crop, with majority voting over the crops' candidates
 
-Database images always use hard_resize.
+Database images always use hard_resize. The resizes are `resize`'s (data_pipelines.images:
+"tensor", the original's evaluation pipeline, float32 out; or "pil", uint8 out); the
+nearest-neighbour scaling of central_crop keeps the pixel values either way.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class QueryViews:
   """image -> (V, h, w, 3) uint8 views for one test method. Picklable for grain workers."""
   method: str
   size: tuple[int, int]   # (H, W) of the model input
+  resize: str = "tensor"  # images.RESIZES
 
   @property
   def num_views(self) -> int:
@@ -43,9 +46,9 @@ class QueryViews:
     H, W = self.size
     w, h = image.size
     if self.method == "hard_resize":
-      return images.resize(image, self.size)[None]
+      return images.resized(image, self.size, self.resize)[None]
     if self.method == "single_query":
-      return images.resize(image, _short_side(h, w, H))[None]
+      return images.resized(image, _short_side(h, w, H), self.resize)[None]
     if self.method == "central_crop":
       # F.interpolate(scale_factor=s) in nearest mode: size floor(n * s), source floor(i / s)
       scale = max(H / h, W / w)
@@ -54,10 +57,10 @@ class QueryViews:
       cols = np.minimum((np.arange(new_w) / scale).astype(np.int64), w - 1)
       top, left = int(round((new_h - H) / 2.0)), int(round((new_w - W) / 2.0))
       pixels = np.asarray(image, np.uint8)
-      return pixels[rows[top:top + H]][:, cols[left:left + W]][None]
+      crop = pixels[rows[top:top + H]][:, cols[left:left + W]][None]
+      return crop.astype(np.float32) if self.resize == "tensor" else crop
     if self.method in CROP_METHODS:
-      resized = images.resize(image, _short_side(h, w, H))
-      return five_crops(resized, H)
+      return five_crops(images.resized(image, _short_side(h, w, H), self.resize), H)
     raise ValueError(f"unknown test method {self.method!r}; expected one of {METHODS}")
 
 

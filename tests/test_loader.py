@@ -107,3 +107,52 @@ def test_jpeg_draft_decoding_is_close_to_a_full_decode(tmp_path):
   assert fast.shape == (50, 75, 3)
   assert np.abs(fast.astype(int) - full.astype(int)).mean() < 4  # of 255: the same picture
   assert not np.array_equal(fast, full)  # decoded at 1/2 scale: really another path
+
+
+def _normalised(pixels):
+  """[0, 255] (H, W, 3) -> ImageNet-normalised (3, H, W) float64, as ToTensor + Normalize."""
+  from vgssl_jax.models.inputs import IMAGENET_MEAN, IMAGENET_STD
+  x = np.asarray(pixels, np.float64) / 255.0
+  return ((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+
+
+def test_both_pipelines_equal_the_originals():
+  """golden resize.npz: the original's evaluation pipeline (normalise, then torch's tensor
+  resize without antialias) and its training pipeline (PIL resize, then normalise), for
+  images larger, smaller, equal to and of another aspect than the model size."""
+  from tests import golden
+  g = golden.load("resize.npz")
+  size = tuple(golden.config(g)["size"])
+  cases = sorted(int(k.split("_")[1]) for k in g if k.startswith("image_"))
+  assert cases
+  for i in cases:
+    image = Image.fromarray(g[f"image_{i}"])
+    evaluation = images.resized(image, size, "tensor")
+    assert evaluation.dtype == np.float32 and evaluation.shape == (*size, 3)
+    np.testing.assert_allclose(_normalised(evaluation), g[f"eval_{i}"], atol=1e-5)
+    training = images.resized(image, size, "pil")
+    assert training.dtype == np.uint8
+    np.testing.assert_allclose(_normalised(training), g[f"train_{i}"], atol=0.02)
+  # the two differ wherever an image is shrunk: the default is not the PIL pipeline
+  shrunk = [i for i in cases if g[f"image_{i}"].shape[0] > size[0]]
+  assert any(np.abs(g[f"eval_{i}"] - g[f"train_{i}"]).max() > 0.1 for i in shrunk)
+
+
+def test_the_evaluation_loader_uses_the_tensor_resize_and_training_batches_pil(tmp_path):
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, size=(30, 45, 3), dtype=np.uint8)
+  Image.fromarray(pixels).save(str(tmp_path / "a.png"))
+  source = images.FileImages(str(tmp_path), ("a.png",))
+  for resize, dtype in (("tensor", np.float32), ("pil", np.uint8)):
+    options = loader.LoaderOptions((12, 16), num_threads=1, eval_resize=resize)
+    (batch,) = list(loader.image_dataset(source, np.array([0]), 1, options))
+    assert batch["views"].dtype == dtype
+    want = images.resized(Image.fromarray(pixels), (12, 16), resize)
+    np.testing.assert_array_equal(batch["views"][0, 0], want)
+  # torch's rule by hand on one row: 45 -> 16 columns, source (j + 0.5) * 45 / 16 - 0.5
+  row = images.tensor_resize(pixels[:1].astype(np.float32), (1, 16))[0]
+  src = np.maximum((np.arange(16) + 0.5) * 45 / 16 - 0.5, 0)
+  lo = np.floor(src).astype(int)
+  frac = (src - lo)[:, None]
+  want = pixels[0, lo] * (1 - frac) + pixels[0, np.minimum(lo + 1, 44)] * frac
+  np.testing.assert_allclose(row, want, atol=1e-3)

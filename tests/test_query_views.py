@@ -19,10 +19,22 @@ def image():
     ("hard_resize", (1, 32, 48, 3)), ("single_query", (1, 32, 53, 3)),
     ("central_crop", (1, 32, 48, 3)), ("five_crops", (5, 32, 32, 3)),
     ("nearest_crop", (5, 32, 32, 3)), ("maj_voting", (5, 32, 32, 3))])
-def test_view_shapes(image, method, shape):
-  views = query_views.QueryViews(method, (32, 48))
-  assert views(image).shape == shape and views(image).dtype == np.uint8
+@pytest.mark.parametrize("resize,dtype", [("tensor", np.float32), ("pil", np.uint8)])
+def test_view_shapes(image, method, shape, resize, dtype):
+  views = query_views.QueryViews(method, (32, 48), resize)
+  assert views(image).shape == shape and views(image).dtype == dtype
   assert views.num_views == shape[0]
+
+
+def test_resized_views_use_the_evaluation_resize(image):
+  """single_query and the crops resize the short side as the original's tensor resize (no
+  antialias) by default, with PIL's under resize="pil"."""
+  from data_pipelines import images
+  for resize in ("tensor", "pil"):
+    got = query_views.QueryViews("single_query", (32, 48), resize)(image)[0]
+    np.testing.assert_array_equal(got, images.resized(image, (32, 53), resize))
+    crops = query_views.QueryViews("five_crops", (32, 48), resize)(image)
+    np.testing.assert_array_equal(crops[4], images.resized(image, (32, 53), resize)[:, 10:42])
 
 
 def test_central_crop_is_nearest_scaling_then_centre_crop(image):
@@ -34,7 +46,9 @@ def test_central_crop_is_nearest_scaling_then_centre_crop(image):
   scaled = pixels[rows][:, cols]
   left = round((53 - 48) / 2)
   want = scaled[:, left:left + 48]
-  np.testing.assert_array_equal(query_views.QueryViews("central_crop", (32, 48))(image)[0], want)
+  for resize in ("tensor", "pil"):  # nearest scaling: the same pixel values either way
+    got = query_views.QueryViews("central_crop", (32, 48), resize)(image)[0]
+    np.testing.assert_array_equal(got, want)
 
 
 def test_five_crops_positions():

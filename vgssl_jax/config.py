@@ -11,7 +11,7 @@ import os
 import ml_collections
 import numpy as np
 
-from data_pipelines import datasets, mining, query_views, synthetic
+from data_pipelines import datasets, images, mining, query_views, synthetic
 from data_pipelines.places import EVAL_RADIUS_M, TRAIN_POSITIVE_RADIUS_M
 from vgssl_jax.errors import ConfigError
 from vgssl_jax.evaluation import search
@@ -68,8 +68,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = (480, 640)       # (H, W) hard resize, as the original
   c.data.num_workers = 0               # grain worker processes (0: threads in this process)
   c.data.num_threads = 4               # decoding threads per process
-  c.data.jpeg_draft = True             # decode JPEGs >= 2x the input size at 1/2..1/8 scale
-                                       # (libjpeg DCT scaling) before the bilinear resize
+  # evaluation, database and mining-cache images: "tensor" = the original's evaluation
+  # pipeline (bilinear without antialiasing on the normalised pixels); "pil" = the PIL
+  # resize of the training images for every image. Training batches always use PIL.
+  c.data.eval_resize = "tensor"        # tensor | pil
+  c.data.jpeg_draft = False            # decode JPEGs >= 2x the input size at 1/2..1/8 scale
+                                       # (libjpeg DCT scaling) before the resize: faster,
+                                       # other pixels than the original's
   c.data.source = "files"              # files | array_record (prepared with data_pipelines.tfds)
   c.data.records_dir = "tfds_data"     # where the ArrayRecord datasets were prepared
   c.data.synthetic = ml_collections.ConfigDict(
@@ -347,6 +352,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _one_of(c.eval.backend, search.BACKENDS, "eval.backend")
   _one_of(c.eval.test_method, query_views.METHODS, "eval.test_method")
   _one_of(c.data.source, datasets.SOURCES, "data.source")
+  _one_of(c.data.eval_resize, images.RESIZES, "data.eval_resize")
   for key in ("pca_dim", "num_preds_to_save", "pca_images"):
     if c.eval[key] < 0:
       raise ConfigError(f"eval.{key}={c.eval[key]} must be >= 0.")

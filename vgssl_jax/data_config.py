@@ -10,7 +10,7 @@ from data_pipelines.places import PlaceDataset
 def loader_options(config) -> loader.LoaderOptions:
   dc = config.data
   return loader.LoaderOptions(tuple(dc.image_size), dc.num_workers, dc.num_threads,
-                              jpeg_draft=dc.jpeg_draft)
+                              jpeg_draft=dc.jpeg_draft, eval_resize=dc.eval_resize)
 
 
 def synthetic_config(config) -> synthetic.SyntheticConfig:

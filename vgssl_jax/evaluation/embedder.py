@@ -64,7 +64,7 @@ class Embedder:
             skip_unreadable: bool = False) -> np.ndarray:
     """(len(indices), V, ...) float32 features of the V views of each image.
 
-    `views` maps an image to (V, h, w, 3) uint8 (test-time crops; see
+    `views` maps an image to (V, h, w, 3) pixels (test-time crops; see
     data_pipelines.query_views); by default one hard-resized view. Views of one size are
     batched `batch_size` images at a time (the last batch padded: one compilation);
     views whose size changes from image to image go one image per batch.

@@ -50,10 +50,11 @@ def rank(queries: np.ndarray, database: np.ndarray, k: int, test_method: str = "
 
 def embed_places(embedder, variables: dict, places: PlaceDataset, test_method: str,
                  image_size) -> tuple[np.ndarray, np.ndarray]:
-  """Database descriptors (N, D) (hard resize) and query view descriptors (Q, V, D)."""
+  """Database descriptors (N, D) (hard resize) and query view descriptors (Q, V, D), both
+  with the embedder's evaluation resize."""
   name = f"{places.name}/{places.split}"
   db = embedder(variables, places.images("database"), desc=f"{name} database")
-  views = query_views.QueryViews(test_method, tuple(image_size))
+  views = query_views.QueryViews(test_method, tuple(image_size), embedder.options.eval_resize)
   q = embedder.views(variables, places.images("queries"), views=views, desc=f"{name} queries")
   return db, q
 

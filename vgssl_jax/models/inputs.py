@@ -1,7 +1,8 @@
 """The networks' input convention: ImageNet-normalised float images (NHWC).
 
-Pixels travel as uint8 and are normalised on the device, by the train step's view making
-and by the evaluation forward alike.
+Pixels travel as uint8 (training batches; evaluation images of the "pil" resize) or as
+float32 in [0, 255] (evaluation images of the "tensor" resize) and are normalised on the
+device, by the train step's view making and by the evaluation forward alike.
 """
 
 from __future__ import annotations
