@@ -51,7 +51,7 @@ def get_config():
   # 4 hard negatives per query and crops of the query: with 1 negative and no augmentation
   # the R2Former fits the training tuples (loss 0.02) and re-ranks worse than the global order
   t.mining, t.negs_num_per_query = "global", 4
-  t.lr, t.optimizer, t.lr_schedule, t.warmup_epochs = 5e-4, "adamw", "cosine", 1
+  t.lr, t.optimizer, t.cosine_scheduler, t.warmup_epochs = 5e-4, "adamw", True, 1
   t.epochs, t.batch_size, t.queries_per_epoch, t.cache_refresh_rate = 8, 16, 1200, 1200
   t.infer_batch_size = 128
   t.random_resized_crop, t.horizontal_flip = 0.25, False  # a flip would mirror the layout

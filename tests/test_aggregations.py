@@ -179,3 +179,28 @@ def test_original_checkpoints_of_each_aggregation_import(kind, l2_mode, fc, proj
   for part in ("backbone", "aggregation"):
     for a, b in zip(jax.tree.leaves(loaded["params"][part]), jax.tree.leaves(source["params"][part])):
       np.testing.assert_array_equal(a, b)
+
+
+def test_rmac_regions_are_computed_in_float32_as_the_original():
+  """On a 2 x 32 map the third level's last centre is floor(-1 + 7 * (31 / 7)) + 1: the
+  original's float32 product is 30.999998 (region at column 30), float64's 31.000000000000004
+  (column 31)."""
+  assert np.float32(7) * np.float32(31 / 7) < 31 <= 7 * (31 / 7)
+  regions = agg.rmac_regions(2, 32)
+  assert (0, 30, 1) in regions and (0, 31, 1) not in regions[:23]
+
+
+@pytest.mark.parametrize("l2_mode", ["before_pool", "after_pool", "none"])
+def test_rmac_equals_the_original_on_every_map_shape(l2_mode):
+  """golden zoo_aggregations.npz: the original's R-MAC (cirtorch's region grid) on wide,
+  tall, square and three-row maps."""
+  from tests import golden
+  g = golden.load("zoo_aggregations.npz")
+  tag = f"rmac_{l2_mode}"
+  module = agg.Aggregation(0, "rmac", l2_mode)
+  outputs = [k[len(tag) + 1:] for k in g if k.startswith(f"{tag}/out_")]
+  assert len(outputs) >= 4
+  for out in outputs:
+    fmap = jnp.asarray(g[out[len("out_"):]].transpose(0, 2, 3, 1))
+    got = module.apply({}, fmap)
+    np.testing.assert_allclose(got, g[f"{tag}/{out}"], atol=2e-5 * np.abs(g[f"{tag}/{out}"]).max())

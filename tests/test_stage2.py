@@ -224,3 +224,31 @@ def test_the_stage2_chain_runs_and_reranks(tiny_root, tmp_path):
 def jax_leaves(tree):
   import jax
   return jax.tree.leaves(tree)
+
+
+@pytest.mark.parametrize("reuse,refresh,mined", [(True, 16, 1), (True, 8, 4), (False, 16, 2)])
+def test_one_refresh_per_epoch_is_mined_once_by_rerank_training(reuse, refresh, mined):
+  """train_reranker.py: when cache_refresh_rate == queries_per_epoch the tuples of the first
+  epoch are trained on in every later one (also after a resume); train.py mines again."""
+  import types
+
+  from vgssl_jax.training.triplets import TripletSource
+  c = base_config()
+  c.method, c.train.queries_per_epoch, c.train.cache_refresh_rate = "triplet", 16, refresh
+  objective = types.SimpleNamespace(reuse_mining=reuse, mining_output="descriptor")
+  source = TripletSource(c, objective, None, None)
+  calls = []
+
+  def fake_mine(state, epoch, segment):
+    calls.append((epoch, segment))
+    return {"queries": [epoch, segment], "positives": [1, 2], "negatives": [[3], [4]],
+            "skipped_images": 1}
+  source._mine = fake_mine
+  plans = [source.mine(None, e, s) for e in range(2) for s in range(source.segments(e))]
+  assert len(calls) == mined
+  if mined == 1:
+    assert plans[1] == {**plans[0], "skipped_images": 0}
+    resumed = TripletSource(c, objective, None, None)   # a resumed run keeps the tuples
+    resumed.restore(source.state())
+    resumed._mine = fake_mine
+    assert resumed.mine(None, 2, 0)["queries"] == plans[0]["queries"] and len(calls) == 1

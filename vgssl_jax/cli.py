@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vgssl_jax import compilation_cache, sharding
-from vgssl_jax.config import validate
+from vgssl_jax.config import resolve, validate
 from vgssl_jax.errors import ConfigError
 
 HELP = """
@@ -129,7 +129,7 @@ def checked_config(config):
     validate(config)
   except ConfigError as e:
     sys.exit(f"error: {e}")
-  return config
+  return resolve(config)
 
 
 def setup_logging(workdir: str | None) -> None:

@@ -21,7 +21,7 @@ from vgssl_jax.models.aggregation import AGGREGATIONS, L2_MODES
 from vgssl_jax.models.network import DTYPES
 from vgssl_jax.objectives import losses
 from vgssl_jax.objectives import registry as objectives
-from vgssl_jax.training.optimizer import LR_SCHEDULES, OPTIMIZERS
+from vgssl_jax.training.optimizer import LR_SCHEDULES, OPTIMIZERS, schedule_for
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -108,7 +108,10 @@ def base_config() -> ml_collections.ConfigDict:
                                        # checkpoint file; its backbone + aggregation start it
   c.train.val_every = 10               # validation every N epochs (0 = never)
   c.train.patience = 0                 # stop after N validations without a better R@5 (0 = off)
-  c.train.lr_schedule = "constant"     # constant (the original) | cosine (with warm-up) | step
+  # "" = the original's rule (written into the run's config.json as resolved): warm-up +
+  # cosine with cosine_scheduler, else step for adamw and constant for adam and sgd
+  c.train.lr_schedule = ""             # "" | constant | cosine (with warm-up) | step
+  c.train.cosine_scheduler = False     # the original's --cosine_scheduler
   c.train.warmup_epochs = 0            # cosine: linear warm-up from lr / 10
   c.train.schedule = (60, 80)          # step: epochs where the learning rate drops x0.1
   c.train.save_best = 1                # model selection on recall@recall_values[save_best]
@@ -133,7 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rerank = ml_collections.ConfigDict()
   c.rerank.loss = "ce"                 # ce | triplet | infoNCE | combine (losses.rerank_loss)
   c.rerank.fix = 1                     # 1: only local head + R2Former train (global net eval)
-  c.rerank.neg_hardness = 100          # mining global: negatives from each query's first N
+  c.rerank.neg_hardness = 10           # mining global: negatives from each query's first N
   c.rerank.hard_negatives = ""         # precomputed list (.npz); "" = compute in the run folder
 
   c.eval = ml_collections.ConfigDict()
@@ -280,7 +283,7 @@ def stage2(job: str) -> ml_collections.ConfigDict:
   if job == "rerank_msls":
     c.rerank.fix = 1
     t.mining, c.rerank.neg_hardness, t.negs_num_per_query = "global", 100, 1
-    t.lr, t.optimizer, t.lr_schedule, t.warmup_epochs = 5e-4, "adamw", "cosine", 5
+    t.lr, t.optimizer, t.cosine_scheduler, t.warmup_epochs = 5e-4, "adamw", True, 5
     t.epochs, t.patience, t.queries_per_epoch, t.cache_refresh_rate = 50, 25, 50000, 10000
     t.batch_size, t.save_best, c.eval.rerank_batch_size = 128, 0, 8
     c.eval.split = "val"
@@ -295,7 +298,7 @@ def stage2(job: str) -> ml_collections.ConfigDict:
     c.data.name = "pitts30k"
     c.rerank.fix, c.model.unfreeze = 0, True
     t.mining, t.neg_samples_num, t.negs_num_per_query = "full", 1000, 1
-    t.lr, t.optimizer, t.lr_schedule, t.warmup_epochs = 1e-5, "adamw", "cosine", 5
+    t.lr, t.optimizer, t.cosine_scheduler, t.warmup_epochs = 1e-5, "adamw", True, 5
     t.epochs, t.patience, t.queries_per_epoch, t.cache_refresh_rate = 50, 10, 5000, 1000
     t.batch_size, t.save_best, c.eval.rerank_batch_size = 16, 1, 4
     c.eval.datasets, c.eval.split = "pitts30k", "test"
@@ -404,7 +407,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _check_triplets(c)
   else:
     _check_negatives(c)
-  _one_of(c.train.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
+  _one_of(c.train.lr_schedule, ("",) + LR_SCHEDULES, "train.lr_schedule")
+  if c.train.cosine_scheduler and c.train.lr_schedule not in ("", "cosine"):
+    raise ConfigError(f"train.cosine_scheduler=True asks for warm-up + cosine but train.lr_schedule="
+                      f"{c.train.lr_schedule!r} names another schedule: drop one of the two.")
   _one_of(c.train.optimizer, OPTIMIZERS, "train.optimizer")
   if not 0 <= c.train.save_best < len(recall_values):
     raise ConfigError(f"train.save_best={c.train.save_best} must index eval.recall_values="
@@ -526,12 +532,25 @@ def _flat(tree: dict, prefix: str = "") -> dict:
   return out
 
 
+def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Settings whose default depends on others, made explicit (so config.json records what
+  the run uses): the learning-rate schedule of the optimizer."""
+  t = c.train
+  t.lr_schedule = schedule_for(t.optimizer, t.lr_schedule, t.cosine_scheduler)
+  if c.get("init_run"):
+    resolve(c.init_run)
+  return c
+
+
 def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """Keys whose value differs between a run's saved config and `config` (JSON-normalised).
+  Keys added to the schema since the run was saved count as unchanged while they keep their
+  default; keys since removed are not compared.
 
   Returns the safe changes; raises ConfigError naming the others (model-shape changes first)."""
   old, new = _flat(saved), _flat(json.loads(config.to_json_best_effort()))
-  changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+  defaults = _flat(json.loads(base_config().to_json_best_effort()))
+  changed = sorted(k for k in new if old.get(k, defaults.get(k)) != new[k])
   unsafe = [k for k in changed if not k.startswith(SAFE_TO_CHANGE)]
   shape = [k for k in unsafe if k.startswith(SHAPE_KEYS)]
   if unsafe:

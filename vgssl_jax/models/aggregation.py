@@ -50,11 +50,16 @@ class GeM(nn.Module):
 def rmac_regions(h: int, w: int, levels: int = 3, overlap: float = 0.4
                  ) -> list[tuple[int, int, int]]:
   """(top, left, side) of R-MAC's square regions on an h x w map (cirtorch's rule, as the
-  benchmark's `rmac`: L = 3 scales, about 40 % overlap of neighbours)."""
-  steps = np.array([2, 3, 4, 5, 6, 7], np.float64)
+  benchmark's `rmac`: L = 3 scales, about 40 % overlap of neighbours).
+
+  The step search and the region centres are computed in float32, as the original's
+  torch.Tensor arithmetic does: in float64 some map sizes get other regions (a product such
+  as 3 * 7.6667 lands just below an integer in one precision and on it in the other)."""
+  f32 = np.float32
+  steps = np.array([2, 3, 4, 5, 6, 7], f32)
   side = min(w, h)
-  b = (max(h, w) - side) / (steps - 1)
-  idx = int(np.argmin(np.abs(((side ** 2 - side * b) / side ** 2) - overlap)))
+  b = f32(max(h, w) - side) / (steps - f32(1))
+  idx = int(np.argmin(np.abs((f32(side * side) - f32(side) * b) / f32(side * side) - f32(overlap))))
   wd = idx + 1 if h < w else 0
   hd = idx + 1 if h > w else 0
   regions = []
@@ -65,8 +70,8 @@ def rmac_regions(h: int, w: int, levels: int = 3, overlap: float = 0.4
       continue
     bw = 0 if level + wd == 1 else (w - wl) / (level + wd - 1)
     bh = 0 if level + hd == 1 else (h - wl) / (level + hd - 1)
-    cen_w = np.floor(wl2 + np.arange(level + wd) * bw) - wl2
-    cen_h = np.floor(wl2 + np.arange(level + hd) * bh) - wl2
+    cen_w = np.floor(f32(wl2) + np.arange(level + wd, dtype=f32) * f32(bw)) - f32(wl2)
+    cen_h = np.floor(f32(wl2) + np.arange(level + hd, dtype=f32) * f32(bh)) - f32(wl2)
     regions += [(int(i), int(j), wl) for i in cen_h for j in cen_w]
   return regions
 

@@ -24,6 +24,8 @@ GLOBAL_MODULES = ("backbone", "aggregation", "projector")
 
 
 class RerankObjective(TupleObjective):
+  # an epoch that is one refresh of all its queries mines once, in the first epoch
+  reuse_mining = True
   def __init__(self, name: str, model: GeoLocalizationNet, margin: float = 0.1,
                views: ViewConfig = ViewConfig(), loss: str = "ce", fix: bool = True):
     if model.Reranker is None:

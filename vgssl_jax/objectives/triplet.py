@@ -26,6 +26,8 @@ CRITERIA = tuple(losses.SUPERVISED)
 class TupleObjective:
   """`name` is the criterion: triplet | sare_ind | sare_joint."""
   mining_output = "descriptor"  # the benchmark's cache holds the retrieval descriptors
+  # True: an epoch that is a single cache refresh reuses the first epoch's tuples
+  reuse_mining = False
 
   def __init__(self, name: str, model: GeoLocalizationNet, margin: float = 0.1,
                views: ViewConfig = ViewConfig()):

@@ -33,7 +33,7 @@ from vgssl_jax.progress import Progress
 from vgssl_jax.training import checkpoints
 from vgssl_jax.training.epochs import EpochSource
 from vgssl_jax.training.metrics_log import MetricsWriter
-from vgssl_jax.training.optimizer import epoch_lr, make_optimizer, with_lr
+from vgssl_jax.training.optimizer import epoch_lr, make_optimizer, schedule_for, with_lr
 from vgssl_jax.training.state import (TrainState, abstract_train_state, create_train_state)
 from vgssl_jax.training.step import jit_train_step
 
@@ -221,7 +221,8 @@ class Trainer:
     """Runs (the rest of) epoch progress["epoch"]; returns the state, the progress at the
     epoch's end and the epoch record."""
     tc, epoch = self.config.train, progress["epoch"]
-    lr = epoch_lr(tc.lr, epoch, tc.epochs, tc.lr_schedule, tc.warmup_epochs, tc.schedule)
+    schedule = schedule_for(tc.optimizer, tc.lr_schedule, tc.cosine_scheduler)
+    lr = epoch_lr(tc.lr, epoch, tc.epochs, schedule, tc.warmup_epochs, tc.schedule)
     state = with_lr(state, lr)
     while progress["segment"] < self.source.segments(epoch):
       state, progress = self.train_segment(state, progress, lr)

@@ -55,6 +55,18 @@ def with_lr(state, lr: float):
   return state.replace(opt_state=opt._replace(hyperparams=hyper))
 
 
+def schedule_for(optimizer: str, lr_schedule: str = "", cosine_scheduler: bool = False) -> str:
+  """The learning-rate schedule a run uses. An explicit `lr_schedule` wins; "" is the
+  original's rule, which ties it to the optimizer (docs/original.md §Optimisation): with
+  --cosine_scheduler warm-up + cosine, else AdamW decays x0.1 at the `schedule` epochs
+  (train.py, train_reranker.py) and Adam and SGD keep it constant."""
+  if lr_schedule:
+    return lr_schedule
+  if cosine_scheduler:
+    return "cosine"
+  return "step" if optimizer == "adamw" else "constant"
+
+
 def epoch_lr(lr: float, epoch: int, epochs: int, schedule: str = "constant",
              warmup_epochs: int = 0, milestones=(60, 80)) -> float:
   """The original's learning rate of an epoch (docs/original.md §Optimisation): constant;

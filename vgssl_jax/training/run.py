@@ -16,7 +16,7 @@ import jax
 
 from data_pipelines.places import TrainPlaces
 from vgssl_jax import data_config, sharding
-from vgssl_jax.config import items_per_step
+from vgssl_jax.config import items_per_step, resolve
 from vgssl_jax.evaluation import runner
 from vgssl_jax.evaluation.embedder import Embedder
 from vgssl_jax.evaluation.loading import abstract_variables
@@ -79,6 +79,7 @@ INIT_RUN = "init_run"
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) and evaluates; writes {"before": ..., "after": ...} to results.json."""
   start = time.perf_counter()
+  resolve(config)
   if config.init_run:
     run_init_run(config, workdir)
   objective = registry.build_objective(config)

@@ -10,6 +10,7 @@ import functools
 import warnings
 
 import jax
+import jax.extend.core as jax_core
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
@@ -39,6 +40,28 @@ def _freeze(updates: dict, frozen: tuple[str, ...]) -> dict:
   return {**updates, "net": net}
 
 
+def parameters_without_gradient(loss, params) -> set[tuple]:
+  """Key paths of the leaves of `params` that the scalar `loss(params)` does not depend on
+  (a liveness pass over its jaxpr): what PyTorch leaves with no .grad, so that its
+  optimizers skip them, weight decay included (the R2Former's unused `ratio` and
+  `decoder_pos_embed`)."""
+  jaxpr = jax.make_jaxpr(loss)(params).jaxpr
+  live = {v for v in jaxpr.outvars if isinstance(v, jax_core.Var)}
+  for eqn in reversed(jaxpr.eqns):
+    if eqn.effects or any(v in live for v in eqn.outvars):
+      live.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  return {path for path, var in zip(paths, jaxpr.invars) if var not in live}
+
+
+def _zero_at(updates, paths: set[tuple]):
+  """`updates` with zeros at the given leaf key paths."""
+  if not paths:
+    return updates
+  return jax.tree_util.tree_map_with_path(
+      lambda path, u: jnp.zeros_like(u) if path in paths else u, updates)
+
+
 def train_step(state: TrainState, batch: dict, *, objective: Objective,
                tx: optax.GradientTransformation, accumulate: int = 1,
                frozen: tuple[str, ...] = ()) -> tuple[TrainState, dict]:
@@ -51,6 +74,10 @@ def train_step(state: TrainState, batch: dict, *, objective: Objective,
   negatives) are then those of a micro-batch: a memory saver, not the same objective.
   """
   key = jax.random.fold_in(state.rng, state.step)
+  # parameters the loss never reads get no update, as PyTorch skips those without a gradient
+  unused = parameters_without_gradient(
+      lambda p: objective.loss(p, state.batch_stats, state.objective_state, batch, key)[0],
+      state.params)
 
   def micro_step(carry, micro):
     grads_sum, batch_stats, objective_state, j = carry
@@ -76,7 +103,7 @@ def train_step(state: TrainState, batch: dict, *, objective: Objective,
     grads = jax.tree.map(lambda g: g / accumulate, grads)
     loss = jnp.mean(micro_losses)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, _freeze(updates, frozen))
+  params = optax.apply_updates(state.params, _zero_at(_freeze(updates, frozen), unused))
   objective_state = objective.after_update(objective_state, state.params)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, objective_state=objective_state)

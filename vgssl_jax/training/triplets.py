@@ -14,6 +14,7 @@ model the run starts from (training.hard_negatives), in the run's folder (`workd
 
 from __future__ import annotations
 
+import logging
 import math
 
 import jax
@@ -45,6 +46,10 @@ class TripletSource:
     self.throughput = {"queries": tc.batch_size,
                        "images": tc.batch_size * (2 + tc.negs_num_per_query)}
     self.neg_cache: dict[int, np.ndarray] = {}
+    # train_reranker.py mines once when an epoch is a single refresh of all its queries, and
+    # trains every later epoch on those tuples (the objective says whether it does so)
+    self.reuse = objective.reuse_mining and tc.cache_refresh_rate == tc.queries_per_epoch
+    self.first_plan: dict | None = None
 
   def segments(self, epoch: int) -> int:
     del epoch
@@ -52,13 +57,28 @@ class TripletSource:
     return math.ceil(tc.queries_per_epoch / tc.cache_refresh_rate)
 
   def state(self) -> dict:
-    return {"neg_cache": {str(q): n.tolist() for q, n in self.neg_cache.items()}}
+    out = {"neg_cache": {str(q): n.tolist() for q, n in self.neg_cache.items()}}
+    if self.first_plan is not None:
+      out["first_plan"] = self.first_plan
+    return out
 
   def restore(self, state: dict) -> None:
+    state = state or {}
     self.neg_cache = {int(q): np.asarray(n, np.int64)
-                      for q, n in (state or {}).get("neg_cache", {}).items()}
+                      for q, n in state.get("neg_cache", {}).items()}
+    self.first_plan = state.get("first_plan")
 
   def mine(self, state, epoch: int, segment: int) -> dict:
+    if self.reuse and self.first_plan is not None:
+      logging.info("epoch %d: training on the tuples mined in epoch 1 (cache_refresh_rate = "
+                   "queries_per_epoch, as train_reranker.py)", epoch + 1)
+      return {**self.first_plan, "skipped_images": 0}
+    plan = self._mine(state, epoch, segment)
+    if self.reuse:
+      self.first_plan = {k: v for k, v in plan.items() if k != "skipped_images"}
+    return plan
+
+  def _mine(self, state, epoch: int, segment: int) -> dict:
     places = self.train.places
     variables = retrieval_variables(state.params, state.batch_stats)
     skipped = [0]
