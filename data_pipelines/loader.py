@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
 
 import grain
@@ -20,6 +21,22 @@ from PIL import Image
 from data_pipelines import images, mining
 from data_pipelines.mining import GeoPairs
 from data_pipelines.places import PlaceDataset
+
+
+# The unreadable files this process has warned about: one warning per file, however many
+# epochs meet it (each time is counted in the metric lines' skipped_images)
+_WARNED: set[str] = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def warn_unreadable(error: images.ImageReadError) -> None:
+  """Logs that training skips an unreadable image, once per file and process."""
+  with _WARNED_LOCK:
+    if str(error) in _WARNED:
+      return
+    _WARNED.add(str(error))
+  logging.warning("training skips an unreadable image (warned once; counted in skipped_images): "
+                  "%s", error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +74,7 @@ class _LoadItem(grain.transforms.Map):
         out["skipped"] = np.int32(tries)
         return out
       except images.ImageReadError as e:
-        logging.warning("training skips an unreadable image: %s", e)
+        warn_unreadable(e)
     raise images.ImageReadError(f"none of the {n} training items of this epoch could be read; "
                                 "check the dataset files.")
 
@@ -86,7 +103,7 @@ class _LoadImage(grain.transforms.Map):
     except images.ImageReadError as e:
       if not self.skip_unreadable:
         raise
-      logging.warning("training skips an unreadable image: %s", e)
+      warn_unreadable(e)
       dtype = np.float32 if self.resize == "tensor" else np.uint8
       return {"views": np.zeros((self.num_views, *self.size, 3), dtype), "ok": np.bool_(False)}
 

@@ -46,10 +46,26 @@ def test_runner_writes_exports_that_reproduce_its_numbers(tiny_root, tmp_path):
                               (1, 5, 10, 20))
   for key, value in want.items():
     assert r[key] == pytest.approx(value)
+  assert r["queries_without_positive"] == int((ds.positives(25.0).counts == 0).sum())
   # one picture per query whose first prediction is wrong
   assert len(glob.glob(os.path.join(out, "preds", "synthetic", "*.jpg"))) == int((first > 0).sum())
   assert os.path.getsize(os.path.join(out, "plots", "synthetic_recall.png")) > 1000
   assert "| model | synthetic |" in open(os.path.join(out, "results.md")).read()
+
+
+def test_queries_without_a_positive_are_counted_and_many_of_them_warned(caplog):
+  from vgssl_jax.evaluation.runner import queries_without_positive
+  db = np.array([[0.0, 0.0], [100.0, 0.0]])
+  near, far = [[0.0, 5.0]], [[500.0, 500.0]]
+
+  def split(queries):
+    return places.PlaceDataset("toy", "test", "", ("a", "b"), tuple("q" * len(queries)), db,
+                               np.asarray(queries, np.float64))
+  with caplog.at_level("WARNING"):
+    assert queries_without_positive(split(near * 19 + far), 25.0) == 1   # 5 %: no warning
+    assert not caplog.records
+    assert queries_without_positive(split(near + far * 3), 25.0) == 3
+  assert "toy/test: 3 of 4 queries have no database image within 25 m" in caplog.text
 
 
 def test_checkpoint_and_its_export_evaluate_like_the_training_run(tiny_root, tmp_path):

@@ -85,7 +85,11 @@ def test_a_failed_start_does_not_block_the_corrected_command(tmp_path):
     (["--config.model.backbone=resnet34conv5"], ["unknown backbone 'resnet34conv5'"]),
 ])
 def test_bad_config_gives_one_clear_error(tmp_path, extra, fragments):
-  assert_clean_error(run_python(main_args(str(tmp_path), *extra)), *fragments)
+  proc = run_python(main_args(str(tmp_path), *extra))
+  assert_clean_error(proc, *fragments)
+  # the run's log says why it ended (a cluster job's only record)
+  log = open(tmp_path / "info.log").read()
+  assert all(f in log for f in fragments) and "ERROR error: " in log, log
 
 
 def test_missing_config_file(tmp_path):
@@ -119,6 +123,8 @@ def test_help_prints_usage_and_where_the_keys_are(module, option):
   for text in (f"python -m {module}", "--config=FILE", option, "vgssl_jax/config.py"):
     assert text in proc.stdout
   assert "Traceback" not in proc.stderr
+  # the examples keep their line continuations (a backslash-newline in a docstring is eaten)
+  assert "\\\n      --config." in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("extra,fragments", [
@@ -158,6 +164,21 @@ def copy_of_tiny(tiny_root, tmp_path):
   return root, overrides
 
 
+def test_settings_the_run_does_not_read_are_named_once(tmp_path):
+  # (named before the dataset is opened: a missing one ends this run right after)
+  proc = run_python(main_args(str(tmp_path / "run"), f"--config.data.root={tmp_path}",
+                              "--config.data.name=none", "--config.train.margin=0.3",
+                              "--config.model.vit.depth=3", "--config.loss.lambd=0.1",
+                              "--config.loss.sim_coeff=20"))
+  assert_clean_error(proc, "dataset 'none' not found")
+  lines = [l for l in proc.stderr.splitlines() if "settings without effect" in l]
+  assert len(lines) == 1, proc.stderr[-3000:]
+  assert "train.margin (read only with method triplet | r2former; this run's is vicreg)" in lines[0]
+  assert "model.vit.depth (read only with backbone family deit" in lines[0]
+  assert "loss.lambd (read only with method bt" in lines[0]
+  assert "loss.sim_coeff" not in lines[0]   # VICReg reads it
+
+
 def test_training_skips_unreadable_images_in_mining_and_batches(tiny_root, tmp_path):
   """A truncated database JPEG and a text file named .jpg in the training split: mining and
   the batches leave them out, the run finishes, and metrics.jsonl counts them."""
@@ -175,11 +196,20 @@ def test_training_skips_unreadable_images_in_mining_and_batches(tiny_root, tmp_p
                               "--config.train.mining=full", "--config.train.neg_samples_num=1",
                               "--config.train.pair_negative=True"))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert os.path.basename(database[3]) in proc.stderr
-  assert os.path.basename(queries[0]) in proc.stderr
+  for path in (database[3], queries[0]):  # named once, however often the epoch meets it
+    named = [l for l in proc.stderr.splitlines() if os.path.basename(path) in l]
+    assert len(named) == 1, named
   epoch = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))
            if "epoch_loss" in l][-1]
   assert epoch["skipped_images"] >= 2
+
+
+@pytest.mark.parametrize("backbone,weights", [("resnet18conv4", "torchvision's ImageNet ResNet"),
+                                              ("deit", "timm's ImageNet DeiT-S distilled")])
+def test_a_missing_weights_file_names_the_family_s_weights(tmp_path, backbone, weights):
+  proc = run_python(main_args(str(tmp_path / "w"), f"--config.model.backbone={backbone}",
+                              f"--config.model.pretrained={tmp_path / 'none.pth'}"))
+  assert_clean_error(proc, "is not a file: give the path of " + weights)
 
 
 def test_bad_config_files_are_one_line_errors(tmp_path):

@@ -115,6 +115,13 @@ def test_a_stale_precompute_file_is_refused(tmp_path):
   other, _, _, _ = toy_train(num_db=41, num_q=10)
   with pytest.raises(ConfigError, match="it is stale"):
     hard_negatives.load(path, other, None)
+  for row, value in ((3, 40), (7, -5)):   # an edited list: indices out of the database's range
+    lists = np.zeros((10, 200), np.int64)
+    lists[row, 5] = value
+    np.savez(path, lists=lists, meta=json.dumps(meta))
+    with pytest.raises(ConfigError, match=f"entry {value} in row {row}; expected 10 rows of "
+                       "database indices 0..39, -1 for padding"):
+      hard_negatives.load(path, train, None)
   with open(path, "wb") as f:
     f.write(b"not a file of ours")
   with pytest.raises(ConfigError, match="not a hard-negative list written by vgssl_jax"):
@@ -127,7 +134,23 @@ def rerank_config(**model):
   c.model.update(dict(backbone="resnet18conv5", local_dim=8, num_local=6, n_layers=0))
   c.model.update(model)
   c.train.mining, c.train.negs_num_per_query = "global", 1
+  c.rerank.random_global = True  # these checks are about other settings
   return c
+
+
+def test_rerank_training_needs_a_trained_global_model_or_an_explicit_opt_in():
+  c = rerank_config()
+  c.rerank.random_global = False
+  with pytest.raises(ConfigError, match="set --config.train.init_from=.* or --config.rerank."
+                     "random_global=True"):
+    validate(c)
+  validate(c, "evaluate")  # evaluating a stage-2 model needs neither
+  c.train.init_from = "runs/stage1"
+  validate(c)
+  c.eval.rerank_top = 0   # global recall only: refused for training, fine for an evaluation
+  with pytest.raises(ConfigError, match="selects models on the re-ranked recall"):
+    validate(c)
+  validate(c, "evaluate")
 
 
 @pytest.mark.parametrize("change,fragment", [
@@ -215,6 +238,13 @@ def test_the_stage2_chain_runs_and_reranks(tiny_root, tmp_path):
                               f"--checkpoint={os.path.join(workdir, 'init_run')}", *args,
                               config="configs/demo_rerank.py"))
   assert_clean_error(proc, "has no trained R2Former")
+  # the global network of a stage-2 run alone (eval.rerank_top=0): its global recall
+  proc = run_python(eval_args(str(tmp_path / "global"), f"--checkpoint={workdir}", *args,
+                              "--config.eval.rerank_top=0", config="configs/demo_rerank.py"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  alone = json.load(open(tmp_path / "global" / "results.json"))["synthetic"]
+  assert "reranked_recall@1" not in alone
+  assert alone["recall@1"] == results["after"]["synthetic"]["recall@1"]
   # rerank_top above the database size
   proc = run_python(eval_args(str(tmp_path / "eval2"), f"--checkpoint={workdir}", *args,
                               "--config.eval.rerank_top=100000", config="configs/demo_rerank.py"))

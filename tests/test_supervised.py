@@ -88,13 +88,46 @@ def test_bad_supervised_settings_are_clear_errors(tiny_root, tmp_path, stage1):
       (["--config.train.negs_num_per_query=20"], ["larger than the candidate pool"]),
       (["--config.model.aggregation=netvlad", "--config.model.netvlad_clusters=0"],
        ["model.netvlad_clusters=0 must be >= 1"]),
+      # more negatives than the training database has outside a query's soft positives: said
+      # before the untrained model is evaluated (before.json), not in a traceback from fit
+      (["--config.train.mining=random", "--config.train.negs_num_per_query=100"],
+       ["train.negs_num_per_query=100: each query needs 100 negatives", "database images of "
+        "synthetic/train leave only", "lower train.negs_num_per_query to at most"]),
   ]
   for extra, fragments in cases:
     proc = run_python(base + extra)
     assert_clean_error(proc, *fragments)
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
+    assert not os.path.exists(tmp_path / "w" / "before.json")
   from safetensors.numpy import save_file
   empty = str(tmp_path / "unrelated.safetensors")
   save_file({"something.else": np.zeros(3, np.float32)}, empty)
   assert_clean_error(run_python(base + [f"--config.train.init_from={empty}"]),
                      "aggregation tensors do not fit")
+
+
+def test_init_from_an_unfinished_run_says_so_and_which_step(tiny_root, tmp_path, stage1, caplog):
+  import shutil
+
+  import jax
+
+  from tests.conftest import tiny_config
+  from vgssl_jax.models.network import init_variables
+  from vgssl_jax.objectives.registry import build_network
+  from vgssl_jax.training import initial_weights
+  run = str(tmp_path / "unfinished")
+  shutil.copytree(stage1, run)
+  os.remove(os.path.join(run, "results.json"))   # as a run stopped mid-way leaves it
+  c = tiny_config(tiny_root)
+  c.method, c.model.n_layers = "triplet", 0
+  net = build_network(c.model, c.method, c.data.image_size)
+  variables = jax.tree.map(np.asarray, init_variables(net, jax.random.PRNGKey(0),
+                                                      c.data.image_size))
+  with caplog.at_level("INFO"):
+    initial_weights.load_init_from(run, c, variables)
+  assert f"train.init_from={run}: that run has not finished (no results.json" in caplog.text
+  assert "starting from its step 2 (epoch 1, its latest checkpoint)" in caplog.text
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    initial_weights.load_init_from(stage1, c, variables)
+  assert "has not finished" not in caplog.text and "step 2 of" in caplog.text

@@ -397,7 +397,7 @@ def test_export_command_writes_the_checkpoint_weights(tmp_path):
   out = str(tmp_path / "model.safetensors")
   old = os.umask(0o002)
   try:
-    export_command.main(["--checkpoint", str(tmp_path / "run"), "--out", out])
+    export_command.export(str(tmp_path / "run"), out)
   finally:
     os.umask(old)
   assert os.stat(out).st_mode & 0o777 == 0o664  # the umask's mode, not safetensors' 0600
@@ -408,8 +408,16 @@ def test_export_command_writes_the_checkpoint_weights(tmp_path):
   meta = export.read_export_metadata(out)
   assert meta["model"] == model_settings and meta["method"] == "vicreg" and meta["step"] == 3
   assert meta["image_size"] == [32, 32]
-  with pytest.raises(SystemExit, match="error: cannot export"):
-    export_command.main(["--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "m.pth")])
+  with pytest.raises(ConfigError, match="cannot export"):
+    export_command.export(str(tmp_path / "run"), str(tmp_path / "m.pth"))
+  from tests.conftest import run_python   # the command: its own flags, one-line errors
+  proc = run_python(["-m", "vgssl_jax.export", f"--checkpoint={tmp_path / 'run'}",
+                     f"--out={tmp_path / 'm.pth'}"])
+  assert proc.returncode == 1 and proc.stderr.strip().endswith(
+      "use a file name ending in .safetensors or .npz."), proc.stderr[-2000:]
+  proc = run_python(["-m", "vgssl_jax.export", "--bogus=1"])
+  assert proc.returncode == 1 and "Unknown command line flag 'bogus'" in proc.stderr
+  assert "Traceback" not in proc.stderr
 
 
 # ----------------------------------------------------------------------------- against PyTorch

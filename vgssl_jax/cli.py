@@ -1,4 +1,5 @@
-"""Command-line plumbing shared by the entry points: config flags with clear errors."""
+"""Command-line plumbing shared by the entry points: config flags with clear errors, the
+run's logging, and how a run ends (one line on stderr and in <workdir>/info.log)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import traceback
 from absl import flags
 from ml_collections import config_flags
 
-from vgssl_jax import compilation_cache, sharding
-from vgssl_jax.config import resolve, validate
-from vgssl_jax.errors import ConfigError
+from vgssl_jax import compilation_cache, interrupts, logs, sharding
+from vgssl_jax.config import ignored_overrides, resolve, validate
+from vgssl_jax.errors import USER_ERRORS, ConfigError
 
 HELP = """
 Options:
@@ -35,13 +36,31 @@ def define_flags():
   return config, workdir
 
 
-def _config_path(argv: list[str]) -> str | None:
+def _flag_value(argv: list[str], name: str) -> str | None:
   for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
+    if arg.startswith(f"--{name}="):
       return arg.split("=", 1)[1]
-    if arg == "--config" and i + 1 < len(argv):
+    if arg == f"--{name}" and i + 1 < len(argv):
       return argv[i + 1]
   return None
+
+
+def _config_path(argv: list[str]) -> str | None:
+  return _flag_value(argv, "config")
+
+
+def fail(message: str, argv: list[str] | None = None) -> None:
+  """Exits with `message` on stderr, also appended to the info.log of an explicit
+  --workdir (errors in the command line, before logging is set up)."""
+  workdir = _flag_value(argv or sys.argv, "workdir")
+  if workdir:
+    logs.append(workdir, message)
+  sys.exit(message)
+
+
+def overridden_keys(argv: list[str]) -> list[str]:
+  """The config keys set on the command line (`--config.train.lr=...` -> "train.lr")."""
+  return [a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")]
 
 
 def _all_keys(config, prefix="") -> list[str]:
@@ -70,6 +89,20 @@ def flags_parser(doc: str, extra: str = ""):
   return parser
 
 
+def plain_flags_parser(doc: str, options: str):
+  """The flags parser of a command without a config: --help prints `doc` and `options`;
+  an unknown flag is a one-line error."""
+  def parser(argv: list[str]) -> list[str]:
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
+      print(doc.strip() + "\n" + options)
+      sys.exit(0)
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      fail(f"error: {e} (--help shows the options)", argv)
+  return parser
+
+
 def check_config_file(path: str) -> None:
   """Exits with one line naming the file (and line) unless `path` is a Python file that runs
   and defines get_config()."""
@@ -78,9 +111,9 @@ def check_config_file(path: str) -> None:
       source = f.read()
     code = compile(source, path, "exec")
   except SyntaxError as e:
-    sys.exit(f"error: config file {path} has a syntax error at line {e.lineno}: {e.msg}.")
+    fail(f"error: config file {path} has a syntax error at line {e.lineno}: {e.msg}.")
   except (OSError, UnicodeDecodeError) as e:
-    sys.exit(f"error: cannot read config file {path}: {e}.")
+    fail(f"error: cannot read config file {path}: {e}.")
   namespace = {"__name__": "config", "__file__": path}
   try:
     exec(code, namespace)  # pylint: disable=exec-used  # the user's own config file
@@ -88,21 +121,21 @@ def check_config_file(path: str) -> None:
     line = next((fr.lineno for fr in reversed(traceback.extract_tb(e.__traceback__))
                  if fr.filename == path), None)
     at = f" at line {line}" if line else ""
-    sys.exit(f"error: config file {path} fails when run{at}: {type(e).__name__}: {e}.")
+    fail(f"error: config file {path} fails when run{at}: {type(e).__name__}: {e}.")
   if not callable(namespace.get("get_config")):
-    sys.exit(f"error: config file {path} defines no get_config(): a config file is a Python "
-             "file whose get_config() returns the ConfigDict (see configs/demo.py).")
+    fail(f"error: config file {path} defines no get_config(): a config file is a Python "
+         "file whose get_config() returns the ConfigDict (see configs/demo.py).")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing that turns config mistakes into one clear message, not a traceback."""
   path = _config_path(argv)
   if path is None:
-    sys.exit("error: --config is required, e.g. --config=configs/demo.py (--help lists the "
-             "options)")
+    fail("error: --config is required, e.g. --config=configs/demo.py (--help lists the "
+         "options)", argv)
   if not os.path.isfile(path.split(":")[0]):
-    sys.exit(f"error: config file {path!r} does not exist (run from the repository root, "
-             "configs are in configs/).")
+    fail(f"error: config file {path!r} does not exist (run from the repository root, "
+         "configs are in configs/).", argv)
   check_config_file(path.split(":")[0])
   try:
     return flags.FLAGS(last_overrides(argv))
@@ -115,44 +148,25 @@ def parse_flags(argv: list[str]) -> list[str]:
     hints = {k: difflib.get_close_matches(k, known, n=3) for k in bad}
     text = "; ".join(f"{k!r}" + (f" (did you mean {', '.join(hints[k])}?)" if hints[k] else "")
                      for k in bad)
-    sys.exit(f"error: unknown config key {text}. Valid keys are listed in vgssl_jax/config.py.")
+    fail(f"error: unknown config key {text}. Valid keys are listed in vgssl_jax/config.py.", argv)
   except flags.Error as e:
     hint = ""
     if "tuple" in str(e).lower() or "could not parse" in str(e).lower():
       hint = (" (tuple settings are written with commas, e.g. "
               "--config.data.image_size=480,640)")
-    sys.exit(f"error: {e}{hint}")
+    fail(f"error: {e}{hint}", argv)
 
 
-def checked_config(config):
-  try:
-    validate(config)
-  except ConfigError as e:
-    sys.exit(f"error: {e}")
+def checked_config(config, purpose: str = "train"):
+  """The validated config (ConfigError otherwise) with its derived defaults resolved."""
+  validate(config, purpose)
   return resolve(config)
 
 
 def setup_logging(workdir: str | None) -> None:
   """INFO to stderr; also to <workdir>/info.log from process 0 (the only one that writes)."""
-  # backend probing (jax, also at the first process_index() below) and every checkpoint
-  # step (orbax, through absl) are not news
-  logging.getLogger("jax").setLevel(logging.WARNING)
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  # faiss's loader reports at INFO which CPU-specific builds it could not load: not a fault
-  logging.getLogger("faiss").setLevel(logging.WARNING)
   import jax
-  logging.getLogger().setLevel(logging.INFO)
-  fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-  handlers = [logging.StreamHandler(sys.stderr)]
-  if workdir and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    handlers.append(logging.FileHandler(os.path.join(workdir, "info.log")))
-  root = logging.getLogger()
-  for h in list(root.handlers):
-    root.removeHandler(h)
-  for h in handlers:
-    h.setFormatter(fmt)
-    root.addHandler(h)
+  logs.setup(workdir, write_file=jax.process_index() == 0)
   tunables = os.environ.get("GLIBC_TUNABLES")
   logging.info("CPU malloc settings: %s", tunables or "glibc defaults (VGSSL_CPU_TUNING=0, "
                "user settings or an accelerator host)")
@@ -177,23 +191,42 @@ def check_workdir_path(workdir: str) -> None:
              "folder you can write to, or fix its permissions.")
 
 
-def run_main(argv: list[str], config_flag, workdir_flag, default_workdir, job) -> None:
-  """The body of an entry point's main(): checked config, workdir and logging, then
-  `job(config, workdir)`; errors the user can fix end the process with one line."""
-  from vgssl_jax.errors import USER_ERRORS
+def warn_ignored(config, keys: list[str], purpose: str) -> None:
+  """One warning naming the command-line settings that this run does not use, and why."""
+  ignored = ignored_overrides(config, keys, purpose)
+  if ignored:
+    logging.warning("settings without effect in this run: %s", "; ".join(
+        f"{key} ({why})" for key, why in ignored.items()))
+
+
+def run_main(argv: list[str], config_flag, workdir_flag, default_workdir, job,
+             purpose: str = "train") -> None:
+  """The body of an entry point's main(): workdir and logging, the checked config, then
+  `job(config, workdir)`. Errors the user can fix end the process with one line on stderr,
+  and every end (an error, a signal, a traceback) is also recorded in <workdir>/info.log."""
   if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
-  config = checked_config(config_flag.value)
+    fail(f"error: unexpected arguments {argv[1:]}")
+  # our format from here on, also for what jax says while it starts (absl's until now)
+  logs.setup(None)
+  config = config_flag.value
   workdir = workdir_flag.value or default_workdir(config)
   check_workdir_path(workdir)
   try:
     sharding.initialize_distributed(config.distributed)
-    setup_logging(workdir)
+  except USER_ERRORS as e:
+    fail(f"error: {e}")
+  setup_logging(workdir)
+  try:
+    config = checked_config(config, purpose)
+    warn_ignored(config, overridden_keys(sys.argv), purpose)
     compilation_cache.enable()
     job(config, workdir)
   except USER_ERRORS as e:
+    logs.to_files(f"error: {e}")
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
-    print("interrupted (Ctrl-C): stopped at once; the checkpoints written so far are kept, run "
-          "the same command to resume from the last one.", file=sys.stderr)
-    sys.exit(130)
+    interrupts.exit_now()
+  except Exception:  # pylint: disable=broad-except
+    # Python prints the traceback on stderr; the log must say why the run ended too
+    logs.to_files("the run stopped with an unexpected error:\n" + traceback.format_exc())
+    raise

@@ -18,6 +18,7 @@ from vgssl_jax.evaluation import search
 from vgssl_jax.evaluation.metrics import RECALL_VALUES
 from vgssl_jax.models import heads, registry
 from vgssl_jax.models.aggregation import AGGREGATIONS, L2_MODES
+from vgssl_jax.models.aggregation import KEYS as AGGREGATION_KEYS
 from vgssl_jax.models.network import DTYPES
 from vgssl_jax.objectives import losses
 from vgssl_jax.objectives import registry as objectives
@@ -138,6 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.rerank.fix = 1                     # 1: only local head + R2Former train (global net eval)
   c.rerank.neg_hardness = 10           # mining global: negatives from each query's first N
   c.rerank.hard_negatives = ""         # precomputed list (.npz); "" = compute in the run folder
+  c.rerank.random_global = False       # True: train re-ranking on a random (untrained) global
+                                       # network; the original always starts from a stage-1
+                                       # model (train.init_from)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
@@ -336,8 +340,10 @@ def items_per_step(config) -> int:
   return tc.batch_size // 2 if halve else tc.batch_size
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the setting and the fix; runs before anything is compiled."""
+def validate(c: ml_collections.ConfigDict, purpose: str = "train") -> None:
+  """Raises ConfigError naming the setting and the fix; runs before anything is compiled.
+  `purpose`: "train" (vgssl_jax.main) or "evaluate" (the settings of training alone, such as
+  what stage 2 selects models by, are not checked)."""
   _one_of(c.method, tuple(objectives.OBJECTIVES), "method")
   if c.model.n_layers < 0 or c.model.n_layers > 3:
     raise ConfigError(f"model.n_layers={c.model.n_layers} must be in 0..3 (0 = no projector).")
@@ -425,13 +431,65 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if items % accum:
     raise ConfigError(f"train.grad_accum_steps={accum} must divide the {items} items of a step "
                       "(train.batch_size, halved with train.pair_negative and negatives).")
-  _check_stage2(c)
+  _check_stage2(c, purpose)
   if c.model.pretrained and not os.path.isfile(c.model.pretrained):
+    fam, _ = registry.family(c.model.backbone)
     raise ConfigError(f"model.pretrained={c.model.pretrained!r} is not a file: give the path of "
-                      "torchvision ResNet weights (.pth or .safetensors); nothing is downloaded.")
+                      f"{fam.weights} (.pth or .safetensors); nothing is downloaded.")
 
 
-def _check_stage2(c: ml_collections.ConfigDict) -> None:
+# settings read only under a condition on other settings: (keys, used?, why not)
+CONDITIONAL_KEYS = (
+    (("train.warmup_epochs",), lambda c: c.train.lr_schedule == "cosine",
+     "only the cosine schedule warms up"),
+    (("train.schedule",), lambda c: c.train.lr_schedule == "step",
+     "the epochs of the step schedule"),
+    (("eval.majority_weight",), lambda c: c.eval.test_method == "maj_voting",
+     "read by eval.test_method=maj_voting only"),
+    (("eval.pca_dataset", "eval.pca_split", "eval.pca_images"), lambda c: c.eval.pca_dim > 0,
+     "PCA settings, with eval.pca_dim=0"),
+    (("eval.rerank_batch_size",), lambda c: c.eval.rerank_top > 0,
+     "re-ranking settings, with eval.rerank_top=0"),
+)
+# what an evaluation never reads
+TRAINING_ONLY = ("train.", "loss.", "rerank.", "init_run.")
+
+
+def _matches(key: str, patterns) -> bool:
+  return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
+def ignored_overrides(c: ml_collections.ConfigDict, keys: list[str],
+                      purpose: str = "train") -> dict[str, str]:
+  """{key: why} of the given settings (those set on the command line) that this config's
+  method, backbone, aggregation or other settings do not read. Run after `resolve`."""
+  entry = objectives.entry(c.method)
+  fam, _ = registry.family(c.model.backbone)
+  # (kind, name, keys only it reads) of every component, and this run's component per kind
+  owners = [("method", m, e.keys) for m, e in objectives.OBJECTIVES.items()]
+  owners += [("training", t, k) for t, k in objectives.EPOCH_SOURCE_KEYS.items()]
+  owners += [("backbone family", f.name, f.keys) for f in registry.FAMILIES]
+  owners += [("aggregation", a, k) for a, k in AGGREGATION_KEYS.items()]
+  active = {"method": c.method, "training": entry.epoch_source, "backbone family": fam.name,
+            "aggregation": c.model.aggregation if "model.aggregation" in fam.keys else "none"}
+  out = {}
+  for key in keys:
+    if purpose == "evaluate" and _matches(key, TRAINING_ONLY) and key != "train.infer_batch_size":
+      out[key] = "an evaluation does not train"
+      continue
+    users = [(kind, name) for kind, name, owned in owners if _matches(key, owned)]
+    if users and not any(active[kind] == name for kind, name in users):
+      kind = users[0][0]
+      names = " | ".join(name for k, name in users if k == kind)
+      out[key] = f"read only with {kind} {names}; this run's is {active[kind]}"
+      continue
+    for patterns, used, why in CONDITIONAL_KEYS:
+      if _matches(key, patterns) and not used(c):
+        out[key] = why
+  return out
+
+
+def _check_stage2(c: ml_collections.ConfigDict, purpose: str = "train") -> None:
   """The re-ranking settings: local tokens the backbone can give, a reranker to use."""
   mc, ec = c.model, c.eval
   if mc.local_dim:
@@ -443,9 +501,15 @@ def _check_stage2(c: ml_collections.ConfigDict) -> None:
     raise ConfigError("method=r2former trains the re-ranking network, which needs local tokens: "
                       "set --config.model.local_dim=128 (the original's) on a deit or conv5 "
                       "ResNet backbone.")
-  if c.method == "r2former" and not ec.rerank_top:
+  if c.method == "r2former" and not ec.rerank_top and purpose == "train":
     raise ConfigError("method=r2former validates and selects models on the re-ranked recall: set "
                       "--config.eval.rerank_top=100 (the original's; at most the val database).")
+  if (c.method == "r2former" and purpose == "train" and not c.train.init_from
+      and not c.init_run and not c.rerank.random_global):
+    raise ConfigError("method=r2former re-ranks the global top list of a trained stage-1 model: "
+                      "set --config.train.init_from=<its run folder or checkpoint> (the original "
+                      "always starts from one), or --config.rerank.random_global=True to train on "
+                      "an untrained global network on purpose.")
   if ec.rerank_top < 0 or ec.rerank_batch_size < 1:
     raise ConfigError(f"eval.rerank_top={ec.rerank_top} must be >= 0 and "
                       f"eval.rerank_batch_size={ec.rerank_batch_size} >= 1.")
@@ -473,7 +537,7 @@ def _check_stage2(c: ml_collections.ConfigDict) -> None:
                     "per image are used (the original clamps too)", mc.num_local, n_tokens,
                     *c.data.image_size, n_tokens)
   if c.init_run:
-    validate(c.init_run)
+    validate(c.init_run, purpose)
 
 
 def _check_triplets(c: ml_collections.ConfigDict) -> None:

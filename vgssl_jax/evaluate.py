@@ -1,4 +1,4 @@
-"""The evaluation runner (the command; the work is in vgssl_jax.evaluation.runner): one
+r"""The evaluation runner (the command; the work is in vgssl_jax.evaluation.runner): one
 model on several datasets, with exports.
 
   python -m vgssl_jax.evaluate --config configs/vicreg_msls.py --checkpoint runs/vicreg \
@@ -20,9 +20,11 @@ Writes, under --workdir (default runs/eval):
 
 from __future__ import annotations
 
-from vgssl_jax import cpu_env
+from vgssl_jax import cpu_env, interrupts, logs
 
 if __name__ == "__main__":
+  interrupts.stop_quietly()  # Ctrl-C while the libraries load: one line, no traceback
+  logs.quiet_third_party()
   cpu_env.apply()  # re-executes with the CPU malloc defaults before anything else loads
 
 # pylint: disable=wrong-import-position
@@ -42,7 +44,8 @@ _CHECKPOINT = flags.DEFINE_string(
 def main(argv):
   from vgssl_jax.evaluation.runner import evaluate_model  # after the flags: fast --help
   cli.run_main(argv, _CONFIG, _WORKDIR, lambda c: os.path.join("runs", "eval"),
-               lambda config, workdir: evaluate_model(config, _CHECKPOINT.value, workdir))
+               lambda config, workdir: evaluate_model(config, _CHECKPOINT.value, workdir),
+               purpose="evaluate")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Exports a trained retrieval network (backbone + aggregation) for use outside vgssl_jax.
+r"""Exports a trained retrieval network (backbone + aggregation) for use outside vgssl_jax.
 
   python -m vgssl_jax.export --checkpoint runs/vicreg --out model.safetensors
 
@@ -11,12 +11,21 @@ the method, model settings and image size (read_export_metadata).
 
 from __future__ import annotations
 
-import argparse
+from vgssl_jax import cpu_env, interrupts, logs
+
+if __name__ == "__main__":
+  interrupts.stop_quietly()  # Ctrl-C while the libraries load: one line, no traceback
+  logs.quiet_third_party()
+  cpu_env.apply()
+
+# pylint: disable=wrong-import-position
 import logging
 import sys
 
 import jax
+from absl import app, flags
 
+from vgssl_jax import cli
 from vgssl_jax.config import model_config_from
 from vgssl_jax.errors import USER_ERRORS
 from vgssl_jax.models.network import init_variables
@@ -43,21 +52,27 @@ def export(checkpoint: str, out: str) -> dict:
   return state
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m vgssl_jax.export", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--checkpoint", required=True,
-                      help="a run's workdir, its checkpoints/ folder or one step folder")
-  parser.add_argument("--out", required=True, help="output file: .safetensors or .npz")
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                      datefmt="%H:%M:%S")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a run's workdir, its checkpoints/ folder "
+                                   "or one step folder")
+_OUT = flags.DEFINE_string("out", None, "output file: .safetensors or .npz")
+OPTIONS = """
+Options:
+  --checkpoint=PATH      a run's workdir, its checkpoints/ folder or one step folder
+  --out=FILE             the file to write: .safetensors or .npz"""
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.fail(f"error: unexpected arguments {argv[1:]}")
+  logs.setup(None)
+  if not _CHECKPOINT.value or not _OUT.value:
+    cli.fail("error: --checkpoint and --out are required (--help shows the options)")
   try:
-    state = export(args.checkpoint, args.out)
+    state = export(_CHECKPOINT.value, _OUT.value)
   except USER_ERRORS as e:
     sys.exit(f"error: {e}")
-  print(f"{args.out}: {weights_export.summarize(state)}", flush=True)
+  print(f"{_OUT.value}: {weights_export.summarize(state)}", flush=True)
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main, flags_parser=cli.plain_flags_parser(__doc__, OPTIONS))

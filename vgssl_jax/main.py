@@ -1,4 +1,4 @@
-"""Training from a config (the command; the work is in vgssl_jax.training.run).
+r"""Training from a config (the command; the work is in vgssl_jax.training.run).
 
   python -m vgssl_jax.main --config configs/demo.py --workdir runs/demo
   python -m vgssl_jax.main --config configs/vicreg_msls.py --workdir runs/vicreg \
@@ -10,9 +10,11 @@ Running the same command again resumes the run from its last checkpoint. Without
 
 from __future__ import annotations
 
-from vgssl_jax import cpu_env
+from vgssl_jax import cpu_env, interrupts, logs
 
 if __name__ == "__main__":
+  interrupts.stop_quietly()  # Ctrl-C while the libraries load: one line, no traceback
+  logs.quiet_third_party()
   cpu_env.apply()  # re-executes with the CPU malloc defaults before anything else loads
 
 # pylint: disable=wrong-import-position

@@ -61,6 +61,22 @@ class EvalOptions:
     return dataclasses.replace(self, test_method="hard_resize", num_preds_to_save=0)
 
 
+# warn when more queries than this share have no database image within the radius
+MANY_WITHOUT_POSITIVE = 0.1
+
+
+def queries_without_positive(places: PlaceDataset, radius: float) -> int:
+  """How many queries have no database image within `radius` (they count as misses in
+  recall@N, the deep-VG benchmark's convention); warns when they are many."""
+  without = int((places.positives(radius).counts == 0).sum())
+  if without > MANY_WITHOUT_POSITIVE * places.num_queries:
+    logging.warning("%s/%s: %d of %d queries have no database image within %g m, so no "
+                    "ranking can find them (recall@N counts them as misses): check the "
+                    "coordinates in the file names and eval.positive_radius", places.name,
+                    places.split, without, places.num_queries, radius)
+  return without
+
+
 def score(predictions: np.ndarray, places: PlaceDataset, options: EvalOptions,
           prefix: str = "") -> dict:
   """{prefix + "recall@N": ...} of one ranking (MSLS raw: the official metrics)."""
@@ -94,6 +110,8 @@ def evaluate_places(embedder, variables: dict, places: PlaceDataset,
             "test_method": options.test_method}
   if pca is not None:
     result["pca_dim"] = int(pca.components.shape[0])
+  if places.has_gps:
+    result["queries_without_positive"] = queries_without_positive(places, options.radius)
   result.update(score(predictions, places, options))
   final = predictions
   if rerank is not None:

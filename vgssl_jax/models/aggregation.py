@@ -25,6 +25,8 @@ from vgssl_jax.models.layers import Dense, l2_normalize
 
 AGGREGATIONS = ("gem", "spoc", "mac", "rmac", "netvlad")
 L2_MODES = ("before_pool", "after_pool", "none")
+# the config keys each aggregation reads (beyond model.fc_output_dim)
+KEYS = {**{name: ("model.l2",) for name in AGGREGATIONS}, "netvlad": ("model.netvlad_clusters",)}
 
 
 def gem(x: jax.Array, p: jax.Array, eps: float = 1e-6) -> jax.Array:

@@ -39,6 +39,10 @@ class BackboneFamily:
   channels: Callable[..., int] | None = None
   # parameters not trained without model.unfreeze (the original freezes the early layers)
   frozen: tuple[str, ...] = ()
+  # what model.pretrained is, for messages
+  weights: str = "ImageNet weights of the backbone"
+  # config keys (or sections, "model.vit.") only this family reads
+  keys: tuple[str, ...] = ()
 
 
 def _parse_resnet(name: str) -> dict | None:
@@ -57,7 +61,9 @@ RESNET = BackboneFamily(
     load_pretrained=lambda path, variables, image_size: torchvision.load_torchvision_backbone(
         path, variables),
     channels=lambda mc: resnet.features_dim(*resnet.parse_backbone(mc.backbone), mc.width),
-    frozen=("conv1", "bn1", "layer1", "layer2"))
+    frozen=("conv1", "bn1", "layer1", "layer2"),
+    weights="torchvision's ImageNet ResNet weights (e.g. resnet50-0676ba61.pth)",
+    keys=("model.width", "model.aggregation"))
 
 
 def _build_deit(mc, dtype, image_size):
@@ -84,7 +90,9 @@ DEIT = BackboneFamily(
     parse=lambda name: {} if name == "deit" else None, build=_build_deit, output=DESCRIPTOR,
     load_pretrained=lambda path, variables, image_size: timm_deit.load_timm_deit(
         path, variables, (image_size[0] // deit.PATCH, image_size[1] // deit.PATCH)),
-    check=_check_deit)
+    check=_check_deit,
+    weights="timm's ImageNet DeiT-S distilled weights (deit_small_distilled_patch16_224)",
+    keys=("model.vit.",))
 
 FAMILIES: tuple[BackboneFamily, ...] = (RESNET, DEIT)
 

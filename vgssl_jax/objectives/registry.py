@@ -19,22 +19,30 @@ class ObjectiveEntry:
   cls: type                 # has from_config(name, model, config) -> Objective
   projector_family: str | None  # models.heads.projector_layout family; None: no projector
   epoch_source: str = "geopairs"   # training.run.EPOCH_SOURCES: where its batches come from
+  keys: tuple[str, ...] = ()       # config keys (or sections, "rerank.") only it reads
 
 
+_PROJECTOR = ("model.n_layers", "model.projection_size")
 OBJECTIVES: dict[str, ObjectiveEntry] = {
-    "vicreg": ObjectiveEntry(ssl.SSLObjective, "vicreg"),
-    "bt": ObjectiveEntry(ssl.SSLObjective, "vicreg"),
-    "simclr": ObjectiveEntry(ssl.SSLObjective, "contrastive"),
-    "mocov2": ObjectiveEntry(ssl.MoCo, "contrastive"),
-    "byol": ObjectiveEntry(ssl.BYOL, "byol"),
-    "simsiam": ObjectiveEntry(ssl.BYOL, "byol"),
+    "vicreg": ObjectiveEntry(ssl.SSLObjective, "vicreg", keys=(
+        "loss.sim_coeff", "loss.std_coeff", "loss.cov_coeff", *_PROJECTOR)),
+    "bt": ObjectiveEntry(ssl.SSLObjective, "vicreg", keys=("loss.lambd", *_PROJECTOR)),
+    "simclr": ObjectiveEntry(ssl.SSLObjective, "contrastive", keys=("loss.temperature",
+                                                                     *_PROJECTOR)),
+    "mocov2": ObjectiveEntry(ssl.MoCo, "contrastive", keys=(
+        "loss.temperature", "loss.moco_momentum", "loss.queue_size", *_PROJECTOR)),
+    "byol": ObjectiveEntry(ssl.BYOL, "byol", keys=("loss.momentum", *_PROJECTOR)),
+    "simsiam": ObjectiveEntry(ssl.BYOL, "byol", keys=_PROJECTOR),
     # supervised (train.py): (query, best positive, M negatives) tuples from cache refreshes
-    "triplet": ObjectiveEntry(triplet.TupleObjective, None, "triplets"),
+    "triplet": ObjectiveEntry(triplet.TupleObjective, None, "triplets", keys=("train.margin",)),
     "sare_ind": ObjectiveEntry(triplet.TupleObjective, None, "triplets"),
     "sare_joint": ObjectiveEntry(triplet.TupleObjective, None, "triplets"),
     # stage 2 (train_reranker.py): the R2Former on the same tuples
-    "r2former": ObjectiveEntry(rerank.RerankObjective, None, "triplets"),
+    "r2former": ObjectiveEntry(rerank.RerankObjective, None, "triplets",
+                               keys=("train.margin", "rerank.")),
 }
+# config keys only the epoch sources of one kind read
+EPOCH_SOURCE_KEYS = {"geopairs": ("train.pair_negative",), "triplets": ("train.cache_refresh_rate",)}
 SSL_METHODS = tuple(n for n, e in OBJECTIVES.items() if e.epoch_source == "geopairs")
 
 

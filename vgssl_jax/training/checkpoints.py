@@ -37,30 +37,6 @@ SELECTION = "selection"
 ITEMS = ("state", "progress", "meta")
 
 
-class _QuietReadOnly(logging.Filter):
-  """orbax warns "Given directory is read only" whenever a checkpoint is only read (the
-  evaluation runner, the export): expected here, so not shown."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return "is read only" not in record.getMessage()
-
-
-logging.getLogger("absl").addFilter(_QuietReadOnly())
-
-
-class _QuietFailedReads(logging.Filter):
-  """A restore that fails (a damaged checkpoint) leaves orbax's other read tasks with
-  errors nobody awaits; asyncio logs each with a traceback whenever it is collected, even
-  after the failure was reported in one clear line. Those echoes are dropped."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    message = record.getMessage()
-    return not ("never retrieved" in message and "async_deserialize" in message)
-
-
-logging.getLogger("asyncio").addFilter(_QuietFailedReads())
-
-
 def _rank(metrics: dict) -> float:
   # strictly higher recall wins; among equal recalls the earlier step
   return metrics[SELECTION] - 1e-9 * metrics.get("step", 0)

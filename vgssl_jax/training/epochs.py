@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from data_pipelines import mining
+from data_pipelines.places import TrainPlaces
+from vgssl_jax.errors import ConfigError
+
 
 class BatchIterator(Protocol, Iterator[dict]):
   """A grain iterator: next() -> host batch (NumPy pytree, this process's rows)."""
@@ -41,3 +45,22 @@ class EpochSource(Protocol):
   def batches(self, plan: dict, epoch: int, segment: int) -> tuple[BatchIterator, int]:
     """The segment's batches in order (each with "skipped": unreadable images replaced)
     and how many steps they make."""
+
+
+def check_negatives(train: TrainPlaces, m: int, mode: str, pool: int | None) -> None:
+  """ConfigError before any work unless every training query can get `m` negatives outside
+  its soft positives from the database (`pool` None) or a random pool of `pool` images."""
+  sure = mining.negatives_available(train, pool)
+  if m <= sure:
+    return
+  places = train.places
+  where = (f"the {places.num_database} database images of {places.name}/{places.split}"
+           if pool is None or pool >= places.num_database else
+           f"a pool of train.neg_samples_num={pool} of them (train.mining={mode})")
+  soft = int(train.soft_positives.counts.max(initial=0))
+  fix = ("lower train.negs_num_per_query" if pool is None or pool >= places.num_database
+         else "lower train.negs_num_per_query or raise train.neg_samples_num")
+  raise ConfigError(f"train.negs_num_per_query={m}: each query needs {m} negatives outside its "
+                    f"soft positives, but {where} leave only {max(sure, 0)} for a query with "
+                    f"{soft} soft positives (within train.negative_radius); {fix} to at most "
+                    f"{max(sure, 0)}.")

@@ -19,6 +19,7 @@ from vgssl_jax import data_config
 from vgssl_jax.evaluation import search
 from vgssl_jax.evaluation.embedder import Embedder
 from vgssl_jax.objectives.base import Objective, retrieval_variables
+from vgssl_jax.training import epochs
 
 
 def mining_config(config) -> mining.MiningConfig:
@@ -48,6 +49,10 @@ class GeoPairSource:
     self.mining = mining_config(config)
     self.options = data_config.loader_options(config)
     self.items_per_step = config_lib.items_per_step(config)
+    tc = config.train
+    if self.mining.uses_negatives and (tc.pair_negative or tc.mining != "random"):
+      epochs.check_negatives(train_places, tc.negs_num_per_query, tc.mining,
+                             tc.neg_samples_num if tc.mining == "partial" else None)
     pairs = config.train.batch_size
     self.throughput = {"pairs": pairs, "images": 2 * pairs}
 

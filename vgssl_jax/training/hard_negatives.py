@@ -75,6 +75,14 @@ def load(path: str, train: TrainPlaces, fingerprint: str | None) -> np.ndarray:
     raise ConfigError(f"{path} was computed for {_describe(meta)}, not for this run's "
                       f"{_describe(want)}: it is stale. Delete it (it is recomputed) or point "
                       "rerank.hard_negatives at the list of this dataset.")
+  bad = np.argwhere((lists < -1) | (lists >= train.places.num_database))
+  if lists.ndim != 2 or len(lists) != want["queries"] or len(bad):
+    what = (f"entry {int(lists[tuple(bad[0])])} in row {bad[0][0]}" if len(bad) else
+            f"shape {lists.shape}")
+    raise ConfigError(f"{path} does not hold valid hard-negative lists ({what}; expected "
+                      f"{want['queries']} rows of database indices 0..{want['database'] - 1}, -1 "
+                      "for padding): it was edited or damaged. Delete it to recompute it, or "
+                      "point rerank.hard_negatives at an intact list.")
   if fingerprint is not None and meta.get("model") != fingerprint:
     raise ConfigError(f"{path} was ranked by another model than this run's global network "
                       "(its weights' fingerprint differs): delete it to recompute it with this "

@@ -6,8 +6,8 @@ a target copy (BYOL, MoCo) follows the online network, as it does at init."""
 from __future__ import annotations
 
 import logging
+import os
 
-import faiss
 import jax
 import numpy as np
 from flax import traverse_util
@@ -85,7 +85,16 @@ def load_init_from(path: str, config, variables: dict) -> tuple[dict, tuple[str,
   modules = ("backbone", "aggregation") + tuple(
       m for m in STAGE2_MODULES if m in saved["params"] and m in variables["params"])
   taken = jax.device_get(subtrees(saved, modules))
-  logging.info("train.init_from: step %d of %s (%s, method %s)", step, directory,
+  which = (f"the best validated checkpoint, {checkpoints.SELECTION} "
+           f"{meta['metrics'][checkpoints.SELECTION]:.2f}"
+           if checkpoints.SELECTION in (meta.get("metrics") or {}) else "its latest checkpoint")
+  run = os.path.dirname(directory)
+  if os.path.basename(directory) == "checkpoints" and not os.path.exists(
+      os.path.join(run, "results.json")):
+    logging.warning("train.init_from=%s: that run has not finished (no results.json in %s); "
+                    "starting from its step %d (epoch %d, %s)", path, run, step,
+                    meta.get("epoch", 0), which)
+  logging.info("train.init_from: step %d of %s (%s; %s, method %s)", step, directory, which,
                theirs.backbone, meta["method"])
   return replace_subtrees(variables, taken), modules
 
@@ -160,6 +169,7 @@ def with_netvlad_init(state: TrainState, config, places, embedder: Embedder,
   if len(descriptors) < clusters:
     raise ConfigError(f"model.netvlad_clusters={clusters} exceeds the {len(descriptors)} "
                       "local descriptors sampled for its k-means initialisation.")
+  import faiss  # pylint: disable=import-outside-toplevel  # only NetVLAD's init needs it
   kmeans = faiss.Kmeans(descriptors.shape[1], clusters, niter=100, verbose=False,
                         seed=int(config.seed))
   kmeans.train(descriptors)

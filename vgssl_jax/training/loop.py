@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from vgssl_jax import sharding
+from vgssl_jax import interrupts, sharding
 from vgssl_jax.config import config_changes
 from vgssl_jax.errors import Preempted, TrainingDiverged
 from vgssl_jax.models import registry
@@ -57,39 +57,59 @@ def fresh_sums() -> dict:
 class _Signals:
   """Turns SIGTERM (how clusters preempt) and a first Ctrl-C (SIGINT) into a flag checked
   between steps: the loop then saves a checkpoint and stops. A second Ctrl-C ends the
-  process at once (exit status 130)."""
+  process at once (exit status 130), also when both presses fall in one long call into
+  XLA (a compilation): CPython then runs the handler only once, so the presses are counted
+  from the bytes the C-level handler writes to a wakeup pipe. Once the final save is done,
+  further presses are ignored: the process is only exiting."""
 
   def __init__(self):
     self.requested = None  # the name of the signal that asked to stop
+    self.saved = False     # the checkpoint asked for is written: ignore further presses
 
   @contextlib.contextmanager
   def installed(self):
+    read_fd, write_fd = os.pipe()
+    for fd in (read_fd, write_fd):
+      os.set_blocking(fd, False)
+
+    def presses() -> int:
+      try:
+        return os.read(read_fd, 4096).count(bytes([signal.SIGINT]))
+      except BlockingIOError:
+        return 0
+
     def handler(signum, frame):
       del frame
+      if signum == signal.SIGINT and (self.requested == "SIGINT" or presses() > 1):
+        stop_now(signum, None)
       name = signal.Signals(signum).name
       again = " (Ctrl-C again stops at once, without saving)" if signum == signal.SIGINT else ""
       logging.warning("received %s: saving a checkpoint at the next step boundary%s", name, again)
       self.requested = name
-      if signum == signal.SIGINT:
-        signal.signal(signal.SIGINT, stop_now)
 
     def stop_now(signum, frame):
       del signum, frame
       # at once: no clean-up that could hang; a checkpoint being written is never committed
       # half (orbax renames a finished one into place), so the last committed one resumes
-      os.write(2, b"\ninterrupted (Ctrl-C twice): stopped at once; run the same command to "
-               b"resume from the last checkpoint.\n")
-      os._exit(130)
+      interrupts.exit_now("interrupted (Ctrl-C twice): stopped at once; run the same command "
+                          "to resume from the last checkpoint.")
     try:
       previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+      previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     except ValueError:  # not the main thread (e.g. embedded use): no preemption handling
+      os.close(read_fd)
+      os.close(write_fd)
       yield
       return
     try:
       yield
     finally:
+      signal.set_wakeup_fd(previous_fd)
+      os.close(read_fd)
+      os.close(write_fd)
       for s, h in previous.items():
-        signal.signal(s, h)
+        ignore = s == signal.SIGINT and self.saved
+        signal.signal(s, signal.SIG_IGN if ignore else h)
 
 
 class Trainer:
@@ -136,6 +156,7 @@ class Trainer:
   def _stop_preempted(self, where: str) -> None:
     """After the checkpoint a signal asked for was started: wait for it, stop the run."""
     self.mngr.wait_until_finished()
+    self.signals.saved = True
     raise Preempted(f"stopped by {self.signals.requested} {where}: the checkpoint is saved in "
                     f"{self.mngr.directory}; run the same command to resume.")
 
@@ -191,7 +212,11 @@ class Trainer:
       wait += time.perf_counter() - t0
       skipped += int(batch.pop("skipped").sum())
       state, metrics = self.step_fn(state, sharding.shard_batch(batch, self.mesh))
-      window.append(metrics["loss"])  # fetched per window: no host sync inside the loop
+      if window:
+        # at most two steps in flight: a stop request (SIGTERM, Ctrl-C) is answered at the next
+        # step boundary, not after the device drained a whole logging window of queued steps
+        window[-1].block_until_ready()
+      window.append(metrics["loss"])  # fetched per window
       done = s + 1
       progress = {**progress, "step_in_segment": done}
       at_checkpoint = tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < steps

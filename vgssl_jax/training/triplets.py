@@ -26,7 +26,7 @@ from vgssl_jax import data_config
 from vgssl_jax.evaluation import search
 from vgssl_jax.evaluation.embedder import Embedder
 from vgssl_jax.objectives.base import Objective, retrieval_variables
-from vgssl_jax.training import hard_negatives
+from vgssl_jax.training import epochs, hard_negatives
 
 
 class TripletSource:
@@ -46,10 +46,26 @@ class TripletSource:
     self.throughput = {"queries": tc.batch_size,
                        "images": tc.batch_size * (2 + tc.negs_num_per_query)}
     self.neg_cache: dict[int, np.ndarray] = {}
+    if train_places is not None:
+      self._check_supply(train_places)
+      if tc.mining.startswith("global") and config.rerank.hard_negatives:
+        # a given list is checked against the dataset now (the model at the first refresh)
+        hard_negatives.load(config.rerank.hard_negatives, train_places, None)
     # train_reranker.py mines once when an epoch is a single refresh of all its queries, and
     # trains every later epoch on those tuples (the objective says whether it does so)
     self.reuse = objective.reuse_mining and tc.cache_refresh_rate == tc.queries_per_epoch
     self.first_plan: dict | None = None
+
+  def _check_supply(self, train: TrainPlaces) -> None:
+    """Enough negatives for every query, before any work (global modes: checked on the
+    precomputed lists, whose pads are never drawn)."""
+    tc = self.config.train
+    m, mode = tc.negs_num_per_query, tc.mining
+    partial = m - m // 2 if mode == "global_combine" else m
+    if mode in ("partial", "msls_weighted", "global_combine", "full"):
+      epochs.check_negatives(train, partial, mode, tc.neg_samples_num)
+    elif mode == "random":
+      epochs.check_negatives(train, m, mode, None)
 
   def segments(self, epoch: int) -> int:
     del epoch
