@@ -150,12 +150,10 @@ def hard_negatives(query_feats: np.ndarray, candidate_feats: np.ndarray,
   return candidate_ids[idx]
 
 
-def negatives_available(train: TrainPlaces, pool: int | None = None) -> int:
-  """How many negatives every training query is sure to find: the database images (or a
-  random pool of `pool` of them), less the most soft positives a query has (never negatives)."""
-  num_db = train.places.num_database
-  candidates = num_db if pool is None else min(pool, num_db)
-  return candidates - int(train.soft_positives.counts.max(initial=0))
+def negatives_available(train: TrainPlaces) -> int:
+  """How many negatives every training query can have: the database images less the most
+  soft positives a query has (those are never negatives)."""
+  return train.places.num_database - int(train.soft_positives.counts.max(initial=0))
 
 
 def compute_pairs(train: TrainPlaces, embed: EmbedFn, rng: np.random.Generator,

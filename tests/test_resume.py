@@ -149,18 +149,44 @@ def test_a_signal_saves_a_checkpoint_and_the_run_resumes(tiny_root, tmp_path, re
 
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tiny_root, tmp_path):
-  """Both presses at once, as they land in one long call into XLA (the mining forward's
-  compilation): the second is counted all the same."""
   workdir = str(tmp_path / "interrupted")
   proc = popen(main_args(workdir, *tiny_overrides(tiny_root), *RUN))
   watch = StderrWatch(proc)
   wait_for(lambda: "mining queries" in watch.text, proc)
   proc.send_signal(signal.SIGINT)
+  time.sleep(0.05)
   proc.send_signal(signal.SIGINT)
   stderr = watch.finish()
   assert "Traceback" not in stderr, stderr[-3000:]
   assert proc.returncode == 130 and "stopped at once" in stderr, stderr[-3000:]
   assert "stopped at once" in open(os.path.join(workdir, "info.log")).read()
+
+
+def test_two_presses_during_one_long_call_stop_at_once(monkeypatch):
+  """CPython runs a Python signal handler once for several signals that arrive while the
+  main thread is inside one C call (here a long key derivation; in a run, a compilation):
+  the presses are counted from the wakeup pipe, so the second still stops at once."""
+  import hashlib
+  import threading
+
+  from vgssl_jax import interrupts
+  from vgssl_jax.training import loop
+  stops = []
+  monkeypatch.setattr(interrupts, "exit_now", lambda message=None: stops.append(message))
+  signals = loop._Signals()
+
+  def press_twice():
+    for _ in range(2):
+      time.sleep(0.15)
+      os.kill(os.getpid(), signal.SIGINT)
+  with signals.installed():
+    presser = threading.Thread(target=press_twice)
+    presser.start()
+    start = time.time()
+    hashlib.pbkdf2_hmac("sha256", b"key", b"salt", 5_000_000)   # one C call of about a second
+    assert time.time() - start > 0.4 and not presser.is_alive()   # both presses fell inside it
+    presser.join()
+  assert len(stops) == 1 and "Ctrl-C twice" in stops[0]
 
 
 def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):

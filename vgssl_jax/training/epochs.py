@@ -47,20 +47,16 @@ class EpochSource(Protocol):
     and how many steps they make."""
 
 
-def check_negatives(train: TrainPlaces, m: int, mode: str, pool: int | None) -> None:
-  """ConfigError before any work unless every training query can get `m` negatives outside
-  its soft positives from the database (`pool` None) or a random pool of `pool` images."""
-  sure = mining.negatives_available(train, pool)
+def check_negatives(train: TrainPlaces, m: int) -> None:
+  """ConfigError before any work unless every training query can get `m` negatives: the
+  database images outside its soft positives (a mining pool draws from those)."""
+  sure = mining.negatives_available(train)
   if m <= sure:
     return
   places = train.places
-  where = (f"the {places.num_database} database images of {places.name}/{places.split}"
-           if pool is None or pool >= places.num_database else
-           f"a pool of train.neg_samples_num={pool} of them (train.mining={mode})")
   soft = int(train.soft_positives.counts.max(initial=0))
-  fix = ("lower train.negs_num_per_query" if pool is None or pool >= places.num_database
-         else "lower train.negs_num_per_query or raise train.neg_samples_num")
   raise ConfigError(f"train.negs_num_per_query={m}: each query needs {m} negatives outside its "
-                    f"soft positives, but {where} leave only {max(sure, 0)} for a query with "
-                    f"{soft} soft positives (within train.negative_radius); {fix} to at most "
-                    f"{max(sure, 0)}.")
+                    f"soft positives, but the {places.num_database} database images of "
+                    f"{places.name}/{places.split} leave only {max(sure, 0)} for a query with "
+                    f"{soft} soft positives (within train.negative_radius); lower "
+                    f"train.negs_num_per_query to at most {max(sure, 0)}.")

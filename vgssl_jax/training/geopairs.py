@@ -51,8 +51,7 @@ class GeoPairSource:
     self.items_per_step = config_lib.items_per_step(config)
     tc = config.train
     if self.mining.uses_negatives and (tc.pair_negative or tc.mining != "random"):
-      epochs.check_negatives(train_places, tc.negs_num_per_query, tc.mining,
-                             tc.neg_samples_num if tc.mining == "partial" else None)
+      epochs.check_negatives(train_places, tc.negs_num_per_query)
     pairs = config.train.batch_size
     self.throughput = {"pairs": pairs, "images": 2 * pairs}
 

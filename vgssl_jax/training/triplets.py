@@ -57,15 +57,11 @@ class TripletSource:
     self.first_plan: dict | None = None
 
   def _check_supply(self, train: TrainPlaces) -> None:
-    """Enough negatives for every query, before any work (global modes: checked on the
-    precomputed lists, whose pads are never drawn)."""
+    """Enough negatives for every query in the database, before any work (global modes:
+    checked on the precomputed lists, whose pads are never drawn)."""
     tc = self.config.train
-    m, mode = tc.negs_num_per_query, tc.mining
-    partial = m - m // 2 if mode == "global_combine" else m
-    if mode in ("partial", "msls_weighted", "global_combine", "full"):
-      epochs.check_negatives(train, partial, mode, tc.neg_samples_num)
-    elif mode == "random":
-      epochs.check_negatives(train, m, mode, None)
+    if not tc.mining.startswith("global"):
+      epochs.check_negatives(train, tc.negs_num_per_query)
 
   def segments(self, epoch: int) -> int:
     del epoch
