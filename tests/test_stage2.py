@@ -226,6 +226,9 @@ def test_the_stage2_chain_runs_and_reranks(tiny_root, tmp_path):
           np.testing.assert_array_equal(a, b)
   assert np.abs(end["params"]["net"]["local_head"]["bias"]).max() > 0   # initialised at zero
   assert np.isfinite(end["params"]["net"]["Reranker"]["cls_token"]).all()
+  # AdamW (the demo's optimizer) leaves the R2Former's `ratio`, which no loss reads, at its
+  # initial 0.5: no gradient, no decay (train_reranker.py's optimizer skips it)
+  np.testing.assert_array_equal(end["params"]["net"]["Reranker"]["ratio"], [0.5])
   # the trained stage-2 run evaluates with re-ranking; its stage-1 model cannot
   args = [o for o in stage2_args(workdir, tiny_root) if "init_run" not in o][4:]
   proc = run_python(eval_args(str(tmp_path / "eval"), f"--checkpoint={workdir}", *args,
