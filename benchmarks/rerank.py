@@ -55,8 +55,9 @@ class TorchWorker:
 
 
 def stage2_config(a, fix: int):
-  from vgssl_jax.config import stage2
-  c = stage2("rerank_msls")
+  from vgssl_jax.cli import load_config
+  c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
+                               "rerank_msls_deit.py"))
   c.data.image_size = common.parse_size(a.resolution)
   c.model.local_dim, c.model.num_local = a.local_dim, a.tokens
   c.rerank.fix = fix

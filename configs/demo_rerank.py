@@ -12,18 +12,12 @@
   python -m vgssl_jax.main --config configs/demo_rerank.py --workdir runs/demo_rerank
 """
 
-import importlib.util
-import os
-
+from demo import get_config as demo_config  # configs/demo.py
 from vgssl_jax.config import base_config
 
 
 def _stage1():
-  spec = importlib.util.spec_from_file_location(
-      "demo", os.path.join(os.path.dirname(__file__), "demo.py"))
-  demo = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(demo)
-  c = demo.get_config()
+  c = demo_config()
   c.model.backbone = "resnet18conv5"
   c.eval.before = False
   # the synthetic world with facade styles shared by all its splits, where places differ in

@@ -1,12 +1,12 @@
 """Stage 2, job (e): the jointly fine-tuned DeiT-S + R2Former of job (d) fine-tuned on
-Pitts30k (see vgssl_jax.config.stage2).
+Pitts30k (see configs/recipes.py, stage2).
 
   python -m vgssl_jax.main --config configs/finetune_pitts30k_after_msls_deit.py \
       --workdir runs/finetune_pitts30k_after_msls_deit \
       --config.data.root=/path/to/datasets --config.train.init_from=runs/finetune_msls_deit
 """
 
-from vgssl_jax.config import stage2
+from recipes import stage2  # configs/recipes.py
 
 
 def get_config():

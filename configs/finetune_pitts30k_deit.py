@@ -1,11 +1,11 @@
 """Fine-tuning a stage-1 deit model on Pitts30k with the triplet loss (the original's train.sh
-job (b); see vgssl_jax.config.finetune_pitts30k).
+job (b); see configs/recipes.py, finetune_pitts30k).
 
   python -m vgssl_jax.main --config configs/finetune_pitts30k_deit.py --workdir runs/ft_pitts30k_deit \
       --config.data.root=/path/to/datasets --config.train.init_from=runs/<stage-1 run>
 """
 
-from vgssl_jax.config import finetune_pitts30k
+from recipes import finetune_pitts30k  # configs/recipes.py
 
 
 def get_config():

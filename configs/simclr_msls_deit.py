@@ -1,10 +1,10 @@
-"""simclr with DeiT-S: the original's final DeiT setting on MSLS (config.MSLS_FINAL_DEIT).
+"""simclr with DeiT-S: the original's final DeiT setting on MSLS (configs/recipes.py, MSLS_FINAL_DEIT).
 
   python -m vgssl_jax.main --config configs/simclr_msls_deit.py --workdir runs/simclr_msls_deit \
       --config.data.root=/path/to/datasets --config.model.pretrained=deit_small_distilled.pth
 """
 
-from vgssl_jax.config import msls_final
+from recipes import msls_final  # configs/recipes.py
 
 
 def get_config():

@@ -1,10 +1,10 @@
-"""simsiam: the original's final ResNet-50 setting on MSLS (see vgssl_jax.config.MSLS_FINAL).
+"""simsiam: the original's final ResNet-50 setting on MSLS (see configs/recipes.py, MSLS_FINAL).
 
   python -m vgssl_jax.main --config configs/simsiam_msls.py --workdir runs/simsiam_msls \
       --config.data.root=/path/to/datasets
 """
 
-from vgssl_jax.config import msls_final
+from recipes import msls_final  # configs/recipes.py
 
 
 def get_config():

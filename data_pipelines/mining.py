@@ -78,6 +78,18 @@ class GeoPairs:
   def __len__(self) -> int:
     return len(self.queries) + (0 if self.self_pairs is None else len(self.self_pairs))
 
+  def to_json(self) -> dict:
+    """The pairs as JSON-able lists (a checkpoint saves an epoch's plan)."""
+    return {f.name: (None if getattr(self, f.name) is None else
+                     np.asarray(getattr(self, f.name)).tolist())
+            for f in dataclasses.fields(self)}
+
+  @classmethod
+  def from_json(cls, data: dict) -> "GeoPairs":
+    """The inverse of `to_json` (other keys of `data` are ignored)."""
+    return cls(**{f.name: (None if data.get(f.name) is None else
+                           np.asarray(data[f.name], np.int64)) for f in dataclasses.fields(cls)})
+
 
 def sample_queries(rng: np.random.Generator, num_train_queries: int,
                    queries_per_epoch: int) -> np.ndarray:

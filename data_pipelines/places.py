@@ -161,6 +161,12 @@ class PlaceDataset:
     return bool(np.isfinite(self.database_utms).all() and np.isfinite(self.queries_utms).all())
 
   @property
+  def is_msls(self) -> bool:
+    """Raw MSLS with its image keys: scored by the official metrics, predictions written in
+    the challenge's format."""
+    return "queries_key" in self.extras
+
+  @property
   def num_database(self) -> int:
     return len(self.database_paths)
 

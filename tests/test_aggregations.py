@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vgssl_jax.models import aggregation as agg
+from vgssl_jax.models import pooling as agg
 
 
 def l2(x, axis=-1):
@@ -90,7 +90,7 @@ def test_netvlad_kmeans_initialisation_recovers_separated_clusters(tiny_root, mo
 def test_poolings_with_each_l2_placement(kind, l2_mode):
   rng = np.random.default_rng(3)
   x = rng.uniform(0.01, 1.0, size=(2, 5, 7, 4)).astype(np.float32)
-  module = agg.Aggregation(fc_output_dim=0, kind=kind, l2=l2_mode)
+  module = agg.Pooling(fc_output_dim=0, kind=kind, l2=l2_mode)
   v = module.init(jax.random.PRNGKey(0), jnp.asarray(x))
   xr = x.astype(np.float64)
   if l2_mode == "before_pool":
@@ -136,7 +136,7 @@ def rmac_reference(x, eps=1e-6):
 def test_fc_sized_from_netvlad_output():
   """FC after NetVLAD takes K * C inputs (the original mis-sizes it in SSL mode)."""
   x = jnp.ones((2, 3, 4, 6))
-  module = agg.Aggregation(fc_output_dim=5, kind="netvlad", clusters=3)
+  module = agg.Pooling(fc_output_dim=5, kind="netvlad", clusters=3)
   v = module.init(jax.random.PRNGKey(0), x)
   assert v["params"]["fc"]["kernel"].shape == (18, 5)
   out = module.apply(v, x)
@@ -197,7 +197,7 @@ def test_rmac_equals_the_original_on_every_map_shape(l2_mode):
   from tests import golden
   g = golden.load("zoo_aggregations.npz")
   tag = f"rmac_{l2_mode}"
-  module = agg.Aggregation(0, "rmac", l2_mode)
+  module = agg.Pooling(0, "rmac", l2_mode)
   outputs = [k[len(tag) + 1:] for k in g if k.startswith(f"{tag}/out_")]
   assert len(outputs) >= 4
   for out in outputs:

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vgssl_jax.training import augment
+from vgssl_jax.objectives import views as augment
 
 
 def bilinear_ref(image, top, left, h, w):

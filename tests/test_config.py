@@ -1,21 +1,19 @@
 """Config checks run before anything is compiled; the method configs hold the original's
 final settings."""
 
-import importlib.util
 import os
 
 import pytest
 
 from tests.conftest import REPO
-from vgssl_jax.config import base_config, validate
+from vgssl_jax.checks import validate
+from vgssl_jax.config import base_config
 from vgssl_jax.errors import ConfigError
 
 
 def load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from vgssl_jax.cli import load_config  # as the commands load a config file
+  return load_config(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 # docs/original.md §Stage-1 recipes, "final" (ResNet-50, FC 1024, batch 64): n_layers,

@@ -97,8 +97,10 @@ def timm_checkpoint(embed_dim=48, depth=2, seed=0):
   shapes = abstract(net, (224, 224))
   rng = np.random.default_rng(seed)
   params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes["params"])
-  state = {k[len("backbone."):]: np.ascontiguousarray(v)  # safetensors writes raw buffers
-           for k, v in to_torch_state({"backbone": params["backbone"]}).items()}
+  # the heads are the aggregation here, the backbone's in timm's names
+  names = to_torch_state({"backbone": params["backbone"], "aggregation": params["aggregation"]})
+  state = {timm_deit.ORIGINAL_NAMES.to_original(k)[len("backbone."):]: np.ascontiguousarray(v)
+           for k, v in names.items()}  # safetensors writes raw buffers
   assert state["pos_embed"].shape == (1, 198, embed_dim) and state["head.weight"].shape[0] == 1000
   return state
 
@@ -110,12 +112,14 @@ def test_imagenet_weights_load_with_the_original_resize_and_head_slicing(tmp_pat
   save_file(state, path)
   net = deit_net()  # 64x96: a 4x6 grid
   variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract(net))
-  loaded = timm_deit.load_timm_deit(path, variables, (4, 6))["params"]["backbone"]
+  params = timm_deit.load_timm_deit(path, variables, (4, 6))["params"]
+  loaded = params["backbone"]
   np.testing.assert_array_equal(loaded["pos_embed"],
                                 timm_deit.resize_pos_embed(state["pos_embed"], (4, 6)))
   for head in ("head", "head_dist"):  # both from the first 16 rows of `head`
-    np.testing.assert_array_equal(loaded[head]["kernel"], state["head.weight"][:16].T)
-    np.testing.assert_array_equal(loaded[head]["bias"], state["head.bias"][:16])
+    np.testing.assert_array_equal(params["aggregation"][head]["kernel"],
+                                  state["head.weight"][:16].T)
+    np.testing.assert_array_equal(params["aggregation"][head]["bias"], state["head.bias"][:16])
   np.testing.assert_array_equal(loaded["blocks"]["1"]["mlp"]["fc1"]["kernel"],
                                 state["blocks.1.mlp.fc1.weight"].T)
   np.testing.assert_array_equal(loaded["patch_embed"]["proj"]["kernel"],
@@ -228,3 +232,59 @@ def test_a_resnet_file_for_a_deit_config_is_refused_before_any_work(tmp_path, ti
                               f"--config.model.pretrained={path}"))
   assert_clean_error(proc, "not a timm DeiT checkpoint")
   assert not os.path.exists(tmp_path / "run" / "config.json")
+
+
+def test_checkpoints_of_the_earlier_layout_restore(tmp_path):
+  """Runs written before DeiT's heads became its aggregation (params and Adam's moments at
+  backbone/head*; config.json with the unused model.aggregation "gem") resume, evaluate and
+  export: the heads are read from their former place."""
+  from vgssl_jax import checkpoints, resume, sharding
+  from vgssl_jax.config import base_config
+  from vgssl_jax.objectives.registry import build_objective
+  from vgssl_jax.training.optimizer import make_optimizer
+  from vgssl_jax.training.state import abstract_train_state, create_train_state
+  from vgssl_jax.training.step import jit_train_step
+  c = base_config()
+  c.model = deit_config(embed_dim=32, depth=1, fc=16, n_layers=0)
+  c.data.image_size = (32, 48)
+  c.model.aggregation = "dist_heads"
+  objective = build_objective(c)
+  mesh = sharding.make_mesh(1)
+  tx = make_optimizer(1e-3)
+  state = create_train_state(objective, tx, 0, (32, 48), mesh)
+  rng = np.random.default_rng(0)
+  batch = {k: rng.integers(0, 256, size=(4, 32, 48, 3), dtype=np.uint8)
+           for k in ("query", "positive")}
+  state, _ = jit_train_step(objective, tx, mesh)(state, batch)  # Adam's moments not zero
+  state = jax.device_get(state)
+
+  def old(tree):  # {"net": {"aggregation": {"head": ..}}} -> the heads under backbone
+    net = dict(tree["net"])
+    heads = net.pop("aggregation")
+    return {**tree, "net": {**net, "backbone": {**net["backbone"], **heads}}}
+  inner = state.opt_state.inner_state
+  moments = inner[0]._replace(mu=old(inner[0].mu), nu=old(inner[0].nu))
+  legacy = state.replace(params=old(state.params), opt_state=state.opt_state._replace(
+      inner_state=(moments, *inner[1:])))
+  mngr = checkpoints.manager(str(tmp_path / "run" / "checkpoints"))
+  legacy_config = json.loads(c.to_json_best_effort())
+  legacy_config["model"]["aggregation"] = "gem"
+  checkpoints.save(mngr, 1, legacy, {"epoch": 1}, {
+      "epoch": 1, "method": "vicreg", "model": {**c.model.to_dict(), "aggregation": "gem"},
+      "image_size": [32, 48], "metrics": {}, "config": legacy_config})
+  mngr.wait_until_finished()
+  # resume: the train state as today's layout, every leaf equal
+  abstract = abstract_train_state(objective, tx, (32, 48), mesh)
+  step, restored, _, meta = checkpoints.restore_latest(mngr, abstract)
+  assert step == 1 and jax.tree.structure(restored) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(a, b)
+  assert resume.config_changes(legacy_config, c) == []   # the run's own config still fits
+  assert checkpoints.model_config_from(meta["model"]).aggregation == "dist_heads"
+  # evaluation and export: the network alone
+  template = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                          {"params": state.params["net"], "batch_stats": state.batch_stats["net"]})
+  variables = checkpoints.restore_variables(str(tmp_path / "run" / "checkpoints"), 1, template,
+                                            jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  np.testing.assert_array_equal(variables["params"]["aggregation"]["head_dist"]["kernel"],
+                                state.params["net"]["aggregation"]["head_dist"]["kernel"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import datasets, places
-from vgssl_jax.training import checkpoints
+from vgssl_jax import checkpoints
 from vgssl_jax.errors import ConfigError
 from tests.conftest import run_python, tiny_overrides
 from tests.test_main import assert_clean_error, main_args

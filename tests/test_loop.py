@@ -59,7 +59,7 @@ def test_early_stopping_after_patience_validations(tiny_root, tmp_path):
   assert int(state.step) == 4 * 2  # stopped after epoch 4 (2 steps per epoch)
   # the best checkpoint is the first with R@5 = 60 (a tie keeps the earlier one), and the
   # preservation policy kept it besides the last two
-  from vgssl_jax.training import checkpoints
+  from vgssl_jax import checkpoints
   assert checkpoints.best_step(trainer.mngr) == 4
   assert trainer.mngr.all_steps() == [4, 6, 8]
   assert checkpoints.read_meta(str(tmp_path))[1] == 4  # what the evaluation runner picks

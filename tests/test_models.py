@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vgssl_jax.models import heads
-from vgssl_jax.models.aggregation import Aggregation, gem
+from vgssl_jax.models.pooling import Pooling as Aggregation, gem
 from vgssl_jax.models.layers import BatchNorm, Conv, l2_normalize
 from vgssl_jax.models.resnet import stem_max_pool
 from tests.conftest import tiny_network
@@ -178,7 +178,8 @@ def test_bfloat16_descriptors_are_finite_and_close_to_float32():
   from vgssl_jax import sharding
   from vgssl_jax.models.inputs import normalize
   from vgssl_jax.objectives.base import retrieval_variables
-  from vgssl_jax.objectives.ssl import LossConfig, SSLObjective
+  from vgssl_jax.objectives.ssl import LossConfig, VICReg
+  from vgssl_jax.objectives.views import ViewConfig
   from vgssl_jax.training.optimizer import make_optimizer
   from vgssl_jax.training.state import create_train_state
   rng = np.random.default_rng(0)
@@ -186,7 +187,7 @@ def test_bfloat16_descriptors_are_finite_and_close_to_float32():
   out = {}
   for dtype in ("float32", "bfloat16"):
     net = tiny_network(width=16, fc_output_dim=256, projection_size=1024, dtype=dtype)
-    method = SSLObjective("vicreg", net, LossConfig())
+    method = VICReg("vicreg", net, LossConfig(), ViewConfig(0.0, False))
     state = create_train_state(method, make_optimizer(1e-3), 0, (96, 128), sharding.make_mesh(1))
     variables = retrieval_variables(state.params, state.batch_stats)
     f = jax.jit(lambda v, x: net.apply(v, normalize(x, net.dtype), train=False,

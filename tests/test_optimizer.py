@@ -19,7 +19,8 @@ def test_the_schedule_follows_the_optimizer_unless_set(optimizer, explicit, cosi
 
 
 def test_schedule_conflicts_and_resolution_in_the_config():
-  from vgssl_jax.config import base_config, resolve, validate
+  from vgssl_jax.checks import resolve, validate
+  from vgssl_jax.config import base_config
   from vgssl_jax.errors import ConfigError
   c = base_config()
   c.train.optimizer = "adamw"

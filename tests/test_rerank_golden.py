@@ -57,8 +57,8 @@ def test_deit_local_tokens_equal_the_original(deit_stage2, i):
   local, want = np.asarray(out["local"]), g[f"local_{i}"]
   np.testing.assert_allclose(local[..., :3], want[..., :3], atol=1e-6)  # x, y, attention
   np.testing.assert_allclose(local[..., 3:], want[..., 3:], atol=2e-5)
-  _, maps = net.apply(variables, nhwc(g[f"images_{i}"]), False, tokens=True,
-                      method=lambda m, x, t, tokens: m.backbone(x, t, tokens=tokens))
+  maps = net.apply(variables, nhwc(g[f"images_{i}"]), False, tokens=True,
+                   method=lambda m, x, t, tokens: m.backbone(x, t, tokens=tokens)).local
   np.testing.assert_allclose(maps["attention"], g[f"attn_map_{i}"], atol=1e-6)
   np.testing.assert_allclose(maps["tokens"], g[f"tokens_in_last_block_{i}"], atol=2e-5)
   order = np.argsort(-np.asarray(maps["attention"]), axis=1)[:, :g[f"order_{i}"].shape[1]]
@@ -99,8 +99,9 @@ def test_resnet_local_tokens_equal_the_original():
   # attention = saliency / max: saliency comes from layer4 (values up to ~35, float32 sums)
   np.testing.assert_allclose(local[..., 2], g["local"][..., 2], atol=5e-6)
   np.testing.assert_allclose(local[..., 3:], g["local"][..., 3:], atol=2e-5)
-  layer4, maps = net.apply(variables, x, False, tokens=True,
-                           method=lambda m, x, t, tokens: m.backbone(x, t, tokens=tokens))
+  features = net.apply(variables, x, False, tokens=True,
+                       method=lambda m, x, t, tokens: m.backbone(x, t, tokens=tokens))
+  layer4, maps = features.feature_map, features.local
   for name, got in (("layer3", maps["layer3"]), ("layer4", layer4)):
     want = g[name].transpose(0, 2, 3, 1)
     np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max())
@@ -209,10 +210,13 @@ def test_one_slice_losses_equal_the_original(kind, name):
 
 
 def test_stage2_network_round_trips_the_original_names(deit_stage2):
-  """Our export of a stage-2 network uses the original's keys, and imports back."""
+  """Our names of a stage-2 network, through the DeiT family's original names (its heads are
+  the aggregation here), are the original's keys, and import back."""
   from vgssl_jax.models.weights.names import to_torch_state
+  from vgssl_jax.models.weights.timm_deit import ORIGINAL_NAMES
   g, _, variables = deit_stage2
-  state = to_torch_state(variables["params"], variables["batch_stats"])
+  state = {ORIGINAL_NAMES.to_original(k): v
+           for k, v in to_torch_state(variables["params"], variables["batch_stats"]).items()}
   want = {k for k in state_of(g)}
   assert set(state) == want
   for k in want:

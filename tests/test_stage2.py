@@ -17,7 +17,8 @@ from tests.test_evaluate import eval_args
 from tests.test_main import assert_clean_error, main_args
 from tests.test_resume import final_state
 from tests.test_search_mining import recording_embed, toy_train
-from vgssl_jax.config import base_config, validate
+from vgssl_jax.checks import validate
+from vgssl_jax.config import base_config
 from vgssl_jax.errors import ConfigError
 from vgssl_jax.evaluation import search
 from vgssl_jax.training import hard_negatives

@@ -99,3 +99,64 @@ exec {sys.executable} "$@"
   assert len(installs) == 2, installs  # once per extra set, not four times
   stamps = sorted(n for n in os.listdir(venv) if n.startswith(".installed-"))
   assert [s.split("-")[1] for s in stamps] == ["base", "test"]
+
+
+def floors_of_the_design() -> list[tuple[str, int]]:
+  """(module prefix, floor) from docs/design.md's table of floors."""
+  import re
+  text = open(os.path.join(REPO, "docs", "design.md")).read()
+  table = text[text.index("| floor | modules |"):].split("\n\n")[0]
+  out = []
+  for line in table.splitlines()[2:]:
+    floor, modules = [c.strip() for c in line.strip("|").split("|")]
+    out += [(m, int(floor)) for m in re.findall(r"`([\w.]+)`", modules)]
+  return out
+
+
+def floor_of(module: str, floors) -> int | None:
+  best = None
+  for prefix, floor in floors:
+    if module == prefix or module.startswith(prefix + "."):
+      if best is None or len(prefix) > len(best[0]):
+        best = (prefix, floor)
+  return best[1] if best else None
+
+
+def test_imports_follow_the_floors_of_the_design():
+  """Every module has a floor in docs/design.md, and imports only its own floor or below."""
+  floors = floors_of_the_design()
+  graph = module_imports()
+  unplaced = [m for m in graph if floor_of(m, floors) is None and graph[m]]  # (empty __init__s)
+  assert not unplaced, f"modules without a floor in docs/design.md: {unplaced}"
+  upward = [f"{m} (floor {floor_of(m, floors)}) imports {i} (floor {floor_of(i, floors)})"
+            for m, imports in graph.items() if graph[m] for i in imports
+            if floor_of(i, floors) is not None and floor_of(i, floors) > floor_of(m, floors)]
+  assert not upward, upward
+
+
+def test_the_config_schema_is_a_leaf():
+  imports = module_imports()["vgssl_jax.config"]
+  assert not [m for m in imports if m.startswith("vgssl_jax")], imports
+
+
+def test_no_module_outside_a_component_tests_its_name():
+  """Comparisons with a backbone, aggregation or method name only in the registries and
+  the components' own modules."""
+  from vgssl_jax.models import aggregations, backbones
+  from vgssl_jax.objectives import registry
+  names = set(aggregations.AGGREGATIONS) | set(registry.OBJECTIVES) | {
+      f.name for f in backbones.FAMILIES} | {"resnet18conv4", "resnet50conv5", "deit"}
+  own = ("vgssl_jax/models/", "vgssl_jax/objectives/")
+  found = []
+  for folder, _, files in os.walk(os.path.join(REPO, "vgssl_jax")):
+    for name in files:
+      path = os.path.join(folder, name)
+      rel = os.path.relpath(path, REPO)
+      if not name.endswith(".py") or rel.startswith(own):
+        continue
+      for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Compare):
+          constants = [n.value for n in [node.left, *node.comparators]
+                       if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+          found += [f"{rel}:{node.lineno} {c!r}" for c in constants if c in names]
+  assert not found, found

@@ -381,7 +381,7 @@ def test_export_round_trips_bit_exactly(backbone, width, ext, tmp_path):
 
 def test_export_command_writes_the_checkpoint_weights(tmp_path):
   from vgssl_jax import export as export_command
-  from vgssl_jax.training import checkpoints
+  from vgssl_jax import checkpoints
   model_settings = {"backbone": "resnet18conv4", "width": 8, "fc_output_dim": 16,
                     "n_layers": 2, "projection_size": 24, "dtype": "float32"}
   variables = init(make_net("resnet18conv4", 8, n_layers=2), seed=4)
@@ -406,7 +406,9 @@ def test_export_command_writes_the_checkpoint_weights(tmp_path):
     if key[1] != "projector":
       np.testing.assert_array_equal(value, flat(variables)[key])
   meta = export.read_export_metadata(out)
-  assert meta["model"] == model_settings and meta["method"] == "vicreg" and meta["step"] == 3
+  # the recorded settings, with the aggregation named (the backbone's default: GeM)
+  assert meta["model"] == {**model_settings, "aggregation": "gem"}
+  assert meta["method"] == "vicreg" and meta["step"] == 3
   assert meta["image_size"] == [32, 32]
   with pytest.raises(ConfigError, match="cannot export"):
     export_command.export(str(tmp_path / "run"), str(tmp_path / "m.pth"))
@@ -445,7 +447,7 @@ def backbone_features(backbone: str, width: int, weights_path: str, x: np.ndarra
       {"params": variables["params"]["backbone"],
        "batch_stats": variables["batch_stats"]["backbone"]},
       jnp.asarray(x.transpose(0, 2, 3, 1)), train=False)
-  return np.asarray(ours).transpose(0, 3, 1, 2)
+  return np.asarray(ours.feature_map).transpose(0, 3, 1, 2)
 
 
 @pytest.mark.parametrize("backbone,width", NETS)

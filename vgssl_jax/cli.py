@@ -15,8 +15,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from vgssl_jax import compilation_cache, interrupts, logs, sharding
-from vgssl_jax.config import ignored_overrides, resolve, validate
-from vgssl_jax.errors import USER_ERRORS, ConfigError
+from vgssl_jax.checks import ignored_overrides, resolve, validate
+from vgssl_jax.errors import USER_ERRORS
 
 HELP = """
 Options:
@@ -28,12 +28,18 @@ All config keys, with their defaults and meaning: vgssl_jax/config.py (base_conf
 The README and docs/ describe the datasets, the outputs and the stages."""
 
 
-def define_flags():
-  config = config_flags.DEFINE_config_file(
-      "config", None, "Experiment config file, e.g. configs/demo.py; override keys with "
-      "--config.section.key=value.", lock_config=True)
+class ConfigFlag:
+  """The experiment config of the command line: loaded from --config=FILE[:ARG] (the file
+  run once, by `load_config`) with the --config.section.key=value overrides applied."""
+
+  @property
+  def value(self):
+    return flags.FLAGS["config"].value
+
+
+def define_flags() -> tuple[ConfigFlag, flags.FlagHolder]:
   workdir = flags.DEFINE_string("workdir", None, "Folder for logs, metrics and results.")
-  return config, workdir
+  return ConfigFlag(), workdir
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:
@@ -45,8 +51,18 @@ def _flag_value(argv: list[str], name: str) -> str | None:
   return None
 
 
-def _config_path(argv: list[str]) -> str | None:
-  return _flag_value(argv, "config")
+def _without_flag(argv: list[str], name: str) -> list[str]:
+  out, skip = [], False
+  for i, arg in enumerate(argv):
+    if skip:
+      skip = False
+    elif arg.startswith(f"--{name}="):
+      continue
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      skip = True
+    else:
+      out.append(arg)
+  return out
 
 
 def fail(message: str, argv: list[str] | None = None) -> None:
@@ -103,48 +119,76 @@ def plain_flags_parser(doc: str, options: str):
   return parser
 
 
-def check_config_file(path: str) -> None:
-  """Exits with one line naming the file (and line) unless `path` is a Python file that runs
-  and defines get_config()."""
+class ConfigFileError(ValueError):
+  """A config file that cannot be read, does not run or defines no get_config()."""
+
+
+def load_config(spec: str):
+  """The ConfigDict of "FILE" or "FILE:ARG" (get_config(ARG), big_vision's convention).
+
+  The file runs once, as a script would: its folder is importable while it runs, so
+  configs/<name>.py can import configs/recipes.py. ConfigFileError names the file (and
+  line) when it cannot be read, fails, or defines no get_config()."""
+  path, _, arg = spec.partition(":")
   try:
     with open(path) as f:
       source = f.read()
     code = compile(source, path, "exec")
   except SyntaxError as e:
-    fail(f"error: config file {path} has a syntax error at line {e.lineno}: {e.msg}.")
+    raise ConfigFileError(f"config file {path} has a syntax error at line {e.lineno}: "
+                          f"{e.msg}.") from None
   except (OSError, UnicodeDecodeError) as e:
-    fail(f"error: cannot read config file {path}: {e}.")
+    raise ConfigFileError(f"cannot read config file {path}: {e}.") from None
   namespace = {"__name__": "config", "__file__": path}
+  folder = os.path.dirname(os.path.abspath(path))
+  sys.path.insert(0, folder)
+  before = set(sys.modules)
   try:
     exec(code, namespace)  # pylint: disable=exec-used  # the user's own config file
+    get_config = namespace.get("get_config")
+    if not callable(get_config):
+      raise ConfigFileError(f"config file {path} defines no get_config(): a config file is a "
+                            "Python file whose get_config() returns the ConfigDict (see "
+                            "configs/demo.py).")
+    return get_config(arg) if arg else get_config()
+  except ConfigFileError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     line = next((fr.lineno for fr in reversed(traceback.extract_tb(e.__traceback__))
                  if fr.filename == path), None)
     at = f" at line {line}" if line else ""
-    fail(f"error: config file {path} fails when run{at}: {type(e).__name__}: {e}.")
-  if not callable(namespace.get("get_config")):
-    fail(f"error: config file {path} defines no get_config(): a config file is a Python "
-         "file whose get_config() returns the ConfigDict (see configs/demo.py).")
+    raise ConfigFileError(f"config file {path} fails when run{at}: {type(e).__name__}: "
+                          f"{e}.") from None
+  finally:
+    sys.path.remove(folder)
+    for name in set(sys.modules) - before:  # a sibling (recipes) of another folder next time
+      if getattr(sys.modules[name], "__file__", "") and os.path.dirname(
+          os.path.abspath(sys.modules[name].__file__)) == folder:
+        del sys.modules[name]
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing that turns config mistakes into one clear message, not a traceback."""
-  path = _config_path(argv)
-  if path is None:
+  spec = _flag_value(argv, "config")
+  if spec is None:
     fail("error: --config is required, e.g. --config=configs/demo.py (--help lists the "
          "options)", argv)
-  if not os.path.isfile(path.split(":")[0]):
-    fail(f"error: config file {path!r} does not exist (run from the repository root, "
+  if not os.path.isfile(spec.partition(":")[0]):
+    fail(f"error: config file {spec!r} does not exist (run from the repository root, "
          "configs are in configs/).", argv)
-  check_config_file(path.split(":")[0])
   try:
-    return flags.FLAGS(last_overrides(argv))
+    config = load_config(spec)
+  except ConfigFileError as e:
+    fail(f"error: {e}", argv)
+  argv = last_overrides(_without_flag(argv, "config"))
+  try:
+    config_flags.DEFINE_config_dict("config", config, "The experiment config (--config=FILE).",
+                                    lock_config=True, sys_argv=argv)
+    return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
     # an override of a key that the config does not have
-    config = config_flags.config_flags._LoadConfigModule("config", path.split(":")[0]).get_config()
     known = _all_keys(config)
-    bad = [a.split("=", 1)[0][len("--config."):] for a in argv if a.startswith("--config.")]
-    bad = [k for k in bad if k not in known] or [str(e)]
+    bad = [k for k in overridden_keys(argv) if k not in known] or [str(e)]
     hints = {k: difflib.get_close_matches(k, known, n=3) for k in bad}
     text = "; ".join(f"{k!r}" + (f" (did you mean {', '.join(hints[k])}?)" if hints[k] else "")
                      for k in bad)

@@ -78,12 +78,12 @@ def apply() -> None:
   os.execv(sys.executable, list(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
 
 
-def train_step_compiler_options(bottleneck_resnet: bool, platform: str) -> dict | None:
-  """XLA options for the training step's `jax.jit` (None: XLA's defaults). Only for
-  bottleneck ResNets without attention on CPU, and not when the user turned the CPU
-  defaults off or chose XLA's CPU library fusions in XLA_FLAGS."""
+def train_step_compiler_options(wanted_by_network: bool, platform: str) -> dict | None:
+  """XLA options for the training step's `jax.jit` (None: XLA's defaults). Only on CPU for
+  networks that want them (bottleneck ResNets without attention), and not when the user
+  turned the CPU defaults off or chose XLA's CPU library fusions in XLA_FLAGS."""
   flags = os.environ.get("XLA_FLAGS", "")
-  if (platform != "cpu" or not bottleneck_resnet or os.environ.get("VGSSL_CPU_TUNING", "1") == "0"
+  if (platform != "cpu" or not wanted_by_network or os.environ.get("VGSSL_CPU_TUNING", "1") == "0"
       or "ynn_fusion_type" in flags or "onednn" in flags):
     return None
   return dict(ONEDNN_DOTS)

@@ -20,3 +20,11 @@ class Preempted(RuntimeError):
 # What a user can fix: reported as "error: <message>" by the command-line entry points.
 USER_ERRORS = (ConfigError, DatasetError, FilenameFormatError, ImageReadError, FileExistsError,
                TrainingDiverged, Preempted)
+
+
+def check_choice(key: str, value, allowed) -> None:
+  """ConfigError naming setting `key` unless `value` is one of `allowed`."""
+  if value not in allowed:
+    raise ConfigError(f"{key}={value!r} is not valid; expected one of "
+                      f"{', '.join(repr(a) if a == '' else str(a) for a in allowed)} (set it with "
+                      f"--config.{key}=...).")

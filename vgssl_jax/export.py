@@ -26,12 +26,12 @@ import jax
 from absl import app, flags
 
 from vgssl_jax import cli
-from vgssl_jax.config import model_config_from
 from vgssl_jax.errors import USER_ERRORS
 from vgssl_jax.models.network import init_variables
 from vgssl_jax.models.weights import export as weights_export
 from vgssl_jax.objectives.registry import build_network
-from vgssl_jax.training import checkpoints
+from vgssl_jax import checkpoints
+from vgssl_jax.models import backbones
 
 
 def export(checkpoint: str, out: str) -> dict:
@@ -39,14 +39,20 @@ def export(checkpoint: str, out: str) -> dict:
   weights_export.check_export_path(out)
   directory, step, meta = checkpoints.read_meta(checkpoint)
   image_size = tuple(meta.get("image_size") or (224, 224))
-  model = build_network(model_config_from(meta["model"]), meta["method"], image_size)
+  model_config = checkpoints.model_config_from(meta["model"])
+  model = build_network(model_config, meta["method"], image_size)
   template = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), image_size))
   variables = checkpoints.restore_variables(
       directory, step, template, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   metadata = {"format": "vgssl_jax descriptor model", "checkpoint": f"{directory}/{step}",
-              "step": step, "method": meta["method"], "model": meta["model"],
+              "step": step, "method": meta["method"],
+              # the recorded settings in today's meaning, the aggregation always named
+              "model": {**backbones.upgrade_settings(meta["model"]),
+                        "aggregation": model_config.aggregation},
               "image_size": list(image_size)}
-  state = weights_export.export_descriptor_model(variables, out, metadata)
+  family, _ = backbones.family(model_config.backbone)
+  state = weights_export.export_descriptor_model(variables, out, metadata,
+                                                 family.original.to_original)
   logging.info("exported step %d of %s to %s: %s", step, directory, out,
                weights_export.summarize(state))
   return state

@@ -3,9 +3,11 @@ prediction file, recall curves and prediction pictures (layout in vgssl_jax/eval
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
+import jax
 import numpy as np
 
 from data_pipelines.places import PlaceDataset
@@ -16,6 +18,13 @@ MSLS_TOP_K = 20  # columns of the official prediction file
 # what one evaluation writes under its folder: replaced as a whole by the next one
 FAMILIES = ("descriptors", "predictions", "plots", "preds")
 RESULT_FILES = ("results.json", "results.md", "model.json")
+
+
+def write_json(path: str, data) -> None:
+  """`data` as indented JSON at `path`, from process 0 (the one that writes results)."""
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(data, f, indent=1)
 
 
 def staging_dir(workdir: str) -> str:

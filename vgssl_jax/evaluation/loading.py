@@ -8,13 +8,12 @@ import logging
 import jax
 
 from vgssl_jax import sharding
-from vgssl_jax.config import model_config_from
 from vgssl_jax.errors import ConfigError
 from vgssl_jax.models.network import init_variables
 from vgssl_jax.models.weights import export as weights_export
 from vgssl_jax.models.weights import vgssl
 from vgssl_jax.models.weights.files import is_weight_file, load_state_dict
-from vgssl_jax.training import checkpoints
+from vgssl_jax import checkpoints
 
 
 def load_variables(config, checkpoint: str | None, model, mesh) -> tuple[dict, dict]:
@@ -27,7 +26,8 @@ def load_variables(config, checkpoint: str | None, model, mesh) -> tuple[dict, d
                         out_shardings=sharding.replicated(mesh))()
     if checkpoint is None:
       return variables, {"checkpoint": None, "note": "model as initialised (baseline)"}
-    variables = vgssl.import_vgssl_checkpoint(checkpoint, jax.device_get(variables))
+    variables = vgssl.import_vgssl_checkpoint(checkpoint, jax.device_get(variables),
+                                              config.model.backbone)
     return (jax.device_put(variables, sharding.replicated(mesh)),
             {"checkpoint": checkpoint, "note": "imported weights file"})
   template = abstract_variables(model, image_size)
@@ -47,7 +47,8 @@ def check_checkpoint(config, checkpoint: str, model) -> None:
   read and matched against the network's shapes, a run's folder must hold a checkpoint."""
   if is_weight_file(checkpoint):
     _, report = vgssl.import_vgssl_state(load_state_dict(checkpoint),
-                                         abstract_variables(model, config.data.image_size))
+                                         abstract_variables(model, config.data.image_size),
+                                         config.model.backbone)
     has_reranker = "Reranker" in report["stage2"]
   else:
     _, _, meta = checkpoints.read_meta(checkpoint)
@@ -73,7 +74,7 @@ def adopt_checkpoint_model(config, checkpoint: str) -> tuple[int, int]:
       return tuple(config.data.image_size)
   else:
     _, _, meta = checkpoints.read_meta(checkpoint)
-  recorded = model_config_from(meta["model"])
+  recorded = checkpoints.model_config_from(meta["model"])
   with config.unlocked():
     for key in recorded:
       if config.model[key] != recorded[key]:

@@ -14,9 +14,7 @@ import numpy as np
 
 from data_pipelines import msls
 from data_pipelines.places import EVAL_RADIUS_M, Neighbors, PlaceDataset
-
-RECALL_VALUES = (1, 5, 10, 20)
-
+from vgssl_jax.config import RECALL_VALUES
 
 def hit_matrix(predictions: np.ndarray, positives: Neighbors) -> np.ndarray:
   """(Q, K) bool: prediction [q, k] is a positive of query q (-1 slots never are)."""

@@ -18,31 +18,35 @@ import jax
 import numpy as np
 
 from data_pipelines import datasets
-from data_pipelines.places import EVAL_RADIUS_M, PlaceDataset
+from data_pipelines import query_views
+from data_pipelines.places import PlaceDataset
 from vgssl_jax import data_config, sharding
-from vgssl_jax.config import eval_datasets
-from vgssl_jax.errors import ConfigError
-from vgssl_jax.evaluation import exports, loading, metrics, retrieval
+from vgssl_jax.config import base_config
+from vgssl_jax.errors import ConfigError, check_choice
+from vgssl_jax.evaluation import exports, loading, metrics, retrieval, search
 from vgssl_jax.evaluation import rerank as rerank_lib
 from vgssl_jax.evaluation.embedder import Embedder
-from vgssl_jax.evaluation.metrics import RECALL_VALUES
 from vgssl_jax.objectives import registry
 
 # (split, global predictions (Q, K)) -> re-ranked predictions (Q, K')
 Reranker = Callable[[PlaceDataset, np.ndarray], np.ndarray]
 
 
+_EVAL = base_config().eval  # the defaults, written once in the schema
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
-  radius: float = EVAL_RADIUS_M
-  recall_values: tuple[int, ...] = RECALL_VALUES
-  backend: str = "device"
-  test_method: str = "hard_resize"
-  majority_weight: float = 0.01
-  num_preds_to_save: int = 0
-  save_only_wrong_preds: bool = False
-  rerank_top: int = 0          # > 0: the R2Former re-ranks the global top-N
-  rerank_batch_size: int = 4
+  """What the `eval` section of a config means for one evaluation."""
+  radius: float = _EVAL.positive_radius
+  recall_values: tuple[int, ...] = tuple(_EVAL.recall_values)
+  backend: str = _EVAL.backend
+  test_method: str = _EVAL.test_method
+  majority_weight: float = _EVAL.majority_weight
+  num_preds_to_save: int = _EVAL.num_preds_to_save
+  save_only_wrong_preds: bool = _EVAL.save_only_wrong_preds
+  rerank_top: int = _EVAL.rerank_top            # > 0: the R2Former re-ranks the global top-N
+  rerank_batch_size: int = _EVAL.rerank_batch_size
 
   @classmethod
   def from_config(cls, ec) -> "EvalOptions":
@@ -82,13 +86,50 @@ def score(predictions: np.ndarray, places: PlaceDataset, options: EvalOptions,
   """{prefix + "recall@N": ...} of one ranking (MSLS raw: the official metrics)."""
   if not places.has_gps:
     return {}
-  if "queries_key" in places.extras:
+  if places.is_msls:
     result = metrics.msls_metrics(predictions, places, tuple(options.recall_values),
                                   options.radius)
   else:
     result = metrics.recalls(predictions, places.positives(options.radius),
                              options.recall_values)
   return {prefix + k: v for k, v in result.items()}
+
+
+def eval_datasets(config) -> list[str]:
+  """The datasets an evaluation scores: eval.datasets, else data.name."""
+  names = [n.strip() for n in str(config.eval.datasets).split(",") if n.strip()]
+  return names or [config.data.name]
+
+
+def check_config(config, descriptor_size: int) -> None:
+  """ConfigError naming the setting when the `eval` section is impossible for a network of
+  `descriptor_size`-d descriptors (before any data or model work)."""
+  ec = config.eval
+  check_choice("eval.backend", ec.backend, search.BACKENDS)
+  check_choice("eval.test_method", ec.test_method, query_views.METHODS)
+  for key in ("pca_dim", "num_preds_to_save", "pca_images"):
+    if ec[key] < 0:
+      raise ConfigError(f"eval.{key}={ec[key]} must be >= 0.")
+  recall_values = tuple(ec.recall_values)
+  if not recall_values or any(not isinstance(n, int) or n < 1 for n in recall_values):
+    raise ConfigError(f"eval.recall_values={recall_values} must be ranks N >= 1 (recall@N), e.g. "
+                      "--config.eval.recall_values=1,5,10,20.")
+  if not ec.positive_radius > 0:
+    raise ConfigError(f"eval.positive_radius={ec.positive_radius} must be > 0.")
+  if ec.pca_dim > descriptor_size:
+    raise ConfigError(f"eval.pca_dim={ec.pca_dim} exceeds the descriptor size "
+                      f"{descriptor_size} (model.fc_output_dim={config.model.fc_output_dim}): "
+                      "PCA can only reduce it.")
+  if ec.pca_dim and ec.pca_dim > ec.pca_images:
+    raise ConfigError(f"eval.pca_dim={ec.pca_dim} exceeds eval.pca_images={ec.pca_images}"
+                      ": PCA needs at least as many images as dimensions.")
+  if ec.rerank_top < 0 or ec.rerank_batch_size < 1:
+    raise ConfigError(f"eval.rerank_top={ec.rerank_top} must be >= 0 and "
+                      f"eval.rerank_batch_size={ec.rerank_batch_size} >= 1.")
+  if ec.rerank_top and not config.model.local_dim:
+    raise ConfigError(f"eval.rerank_top={ec.rerank_top}: re-ranking needs a network with local "
+                      "tokens and an R2Former (a stage-2 run, model.local_dim > 0); set "
+                      "eval.rerank_top=0 for global retrieval only.")
 
 
 def evaluate_places(embedder, variables: dict, places: PlaceDataset,
@@ -100,9 +141,8 @@ def evaluate_places(embedder, variables: dict, places: PlaceDataset,
                                  embedder.options.image_size)
   if pca is not None:
     db, q = pca(db), pca(q.reshape(-1, q.shape[-1])).reshape(*q.shape[:2], -1)
-  is_msls = "queries_key" in places.extras
   k = min(len(db), max(list(options.recall_values) + [options.num_preds_to_save] +
-                       [exports.MSLS_TOP_K if is_msls else 0] +
+                       [exports.MSLS_TOP_K if places.is_msls else 0] +
                        [options.rerank_top if rerank is not None else 0]))
   predictions = retrieval.rank(q, db, k, options.test_method, options.backend,
                                options.majority_weight)
@@ -130,15 +170,14 @@ def write_exports(out_dir: str, places: PlaceDataset, db: np.ndarray, q: np.ndar
   """The exports of one split (the final ranking's); returns what results.json records."""
   record = {}
   exports.write_descriptors(out_dir, places, db, q, options.test_method)
-  is_msls = "queries_key" in places.extras
-  if is_msls:
+  if places.is_msls:
     path = os.path.join(out_dir, "predictions", f"{places.name}.txt")
     exports.write_msls_predictions(path, predictions, places)
     record["predictions_file"] = os.path.relpath(path, out_dir)
   if places.has_gps:
     positives = places.positives(options.radius)
     record["recall_curve"] = exports.write_curve(
-        out_dir, places, predictions, positives, only_with_positives=is_msls,
+        out_dir, places, predictions, positives, only_with_positives=places.is_msls,
         title=f"{places.name}/{places.split}: recall@N (%), {options.test_method}")
     if options.num_preds_to_save:
       record["saved_predictions"] = exports.write_pictures(
@@ -202,7 +241,8 @@ def evaluate_all(config, embedder, variables: dict, eval_sets: EvalSets,
           for name, (places, check) in eval_sets.sets.items()}
 
 
-def format_table(results: dict[str, dict[str, dict]], recall_values=RECALL_VALUES) -> str:
+def format_table(results: dict[str, dict[str, dict]], recall_values=tuple(_EVAL.recall_values)
+                 ) -> str:
   """Markdown table: one row per (model, dataset), e.g. results = {"before": {...}, ...};
   a re-ranked result adds a row "<dataset> re-ranked" under its global one."""
   head = "| model | dataset | " + " | ".join(f"R@{n}" for n in recall_values) + " |"
@@ -241,14 +281,13 @@ def evaluate_model(config, checkpoint: str | None, workdir: str) -> dict:
   results = evaluate_all(config, embedder, variables, eval_sets, out_dir=staging)
   table = format_table({"model": results}, tuple(config.eval.recall_values))
   if jax.process_index() == 0:
-    with open(os.path.join(staging, "results.json"), "w") as f:
-      json.dump(results, f, indent=1)
+    exports.write_json(os.path.join(staging, "results.json"), results)
     with open(os.path.join(staging, "results.md"), "w") as f:
       f.write(f"# Evaluation\n\nmodel: {info.get('checkpoint') or info['note']}"
               f"{' (step %s)' % info['step'] if info.get('step') is not None else ''}, "
               f"test method {config.eval.test_method}, split {config.eval.split}\n\n{table}\n")
-    with open(os.path.join(staging, "model.json"), "w") as f:
-      json.dump({**info, "config": json.loads(config.to_json_best_effort())}, f, indent=1)
+    exports.write_json(os.path.join(staging, "model.json"),
+                       {**info, "config": json.loads(config.to_json_best_effort())})
     exports.publish(staging, workdir)
   print(f"\nRecall@N (%), {config.eval.split} split:\n{table}\nresults: "
         f"{os.path.join(workdir, 'results.json')}", flush=True)

@@ -23,9 +23,12 @@ import jax
 import jax.numpy as jnp
 
 from vgssl_jax.models import interpolate
+from vgssl_jax.models.features import Features
 from vgssl_jax.models.layers import Dense, Dtype, l2_normalize
 
 PATCH = 16
+# the aggregation of its two heads (models.aggregations), the family's default
+AGGREGATION = "dist_heads"
 # timm's init of transformer weights: truncated normal, std 0.02 (linear layers, tokens)
 trunc_normal = nn.initializers.truncated_normal(0.02)
 
@@ -216,18 +219,18 @@ def crop_grid(grid: jax.Array, h: int, w: int) -> jax.Array:
 
 
 class DistilledViT(nn.Module):
-  """Input: (N, H, W, 3) normalised images (H, W multiples of 16). Output: (N, num_classes)
-  L2-normalised float32 descriptors. `grid`: the patch grid of the training image size,
-  which the position embedding is made for. Other input sizes use it resized bilinearly
-  (`other_sizes`="resize") or cut / pos_resized as the original's re-ranking network does
-  ("crop").
+  """Input: (N, H, W, 3) normalised images (H, W multiples of 16). Output: Features with
+  `prefix` (N, 2, D): the cls and dist tokens after the final LayerNorm, float32. `grid`:
+  the patch grid of the training image size, which the position embedding is made for.
+  Other input sizes use it resized bilinearly (`other_sizes`="resize") or cut /
+  pos_resized as the original's re-ranking network does ("crop").
 
-  With tokens=True also returns {"tokens": the tokens entering the last block (N, 2 + P,
-  D), "attention": the last block's softmax attention of the cls and dist queries to the P
-  patch keys, summed over heads and over the two queries (N, P)}: stage 2's local tokens.
+  With tokens=True the Features also hold, in `local`, "tokens": the tokens entering the
+  last block (N, 2 + P, D), and "attention": the last block's softmax attention of the cls
+  and dist queries to the P patch keys, summed over heads and over the two queries (N, P):
+  stage 2's local tokens.
   """
   grid: tuple[int, int]
-  num_classes: int
   embed_dim: int = 384
   depth: int = 12
   num_heads: int = 6
@@ -236,7 +239,7 @@ class DistilledViT(nn.Module):
   other_sizes: str = "resize"
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool, tokens: bool = False):
+  def __call__(self, images: jax.Array, train: bool, tokens: bool = False) -> Features:
     del train  # no dropout, drop-path or batch statistics in the original's DeiT
     n, h, w, _ = images.shape
     x = PatchEmbed(self.embed_dim, self.dtype, name="patch_embed")(images)
@@ -259,13 +262,24 @@ class DistilledViT(nn.Module):
     out = Blocks(self.depth, d, self.num_heads, self.mlp_ratio, self.dtype, name="blocks")(
         x.astype(self.dtype), last_attention=tokens, keep=2)
     x = out[0] if tokens else out
-    x = _norm("norm")(x)
+    prefix = _norm("norm")(x)[:, :2].astype(jnp.float32)
+    if not tokens:
+      return Features(prefix=prefix)
+    _, entering, attention = out
+    return Features(prefix=prefix, local={
+        "tokens": entering.astype(jnp.float32),
+        "attention": attention[:, :, :2, 2:].sum(axis=(1, 2))})
+
+
+class DistilledHeads(nn.Module):
+  """DeiT's two heads as the aggregation of its prefix tokens: (N, 2, D) cls and dist ->
+  L2((head(cls) + head_dist(dist)) / 2), (N, num_classes) float32."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, features: Features) -> jax.Array:
+    x = features.prefix
     head = dict(dtype=jnp.float32, kernel_init=trunc_normal, bias_init=nn.initializers.zeros)
     a = Dense(self.num_classes, name="head", **head)(x[:, 0])
     b = Dense(self.num_classes, name="head_dist", **head)(x[:, 1])
-    descriptor = l2_normalize((a + b) / 2, axis=-1)
-    if not tokens:
-      return descriptor
-    _, entering, attention = out
-    return descriptor, {"tokens": entering.astype(jnp.float32),
-                        "attention": attention[:, :, :2, 2:].sum(axis=(1, 2))}
+    return l2_normalize((a + b) / 2, axis=-1)

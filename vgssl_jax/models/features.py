@@ -14,6 +14,8 @@ work, and the network wires every pair the same way.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax
 import jax
 
@@ -35,3 +37,14 @@ class Features:
   def map_arrays(self, fn) -> "Features":
     """The same value with `fn` applied to every array it holds."""
     return jax.tree.map(fn, self)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureShapes:
+  """The sizes of what a backbone gives (what an aggregation is built for): which kinds it
+  outputs, the map's channels, the tokens' width, how many prefix and register tokens."""
+  outputs: tuple[str, ...]
+  map_channels: int = 0
+  token_dim: int = 0
+  prefix_tokens: int = 0
+  registers: int = 0

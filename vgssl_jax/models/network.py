@@ -1,8 +1,9 @@
 """The retrieval network: backbone F_l -> aggregation F_g (descriptor) -> projector F_p.
 
 Which backbone, aggregation and projector family are used is decided by `build_model`
-(backbones come from models.registry, the projector family from the objective), so the
-network itself knows no backbone or method names.
+(backbones from models.backbones, aggregations from models.aggregations, the projector
+family from the objective): the network wires every pair the same way and knows no
+backbone, aggregation or method names.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vgssl_jax.models import local_tokens, registry
-from vgssl_jax.models.aggregation import Aggregation, descriptor_dim
+from collections.abc import Callable
+
+from vgssl_jax.models import aggregations, backbones
+from vgssl_jax.models.features import Features
 from vgssl_jax.models.heads import Projector
 from vgssl_jax.models.layers import Dense, Dtype
 from vgssl_jax.models.r2former import R2Former
@@ -24,20 +27,20 @@ class GeoLocalizationNet(nn.Module):
   """Images (N, H, W, 3), normalised, -> {"descriptor", "projection"}.
 
   `descriptor` (N, descriptor_dim) is the L2-normalised retrieval descriptor (the
-  pre-projector output, used for evaluation). `projection` is the projector output, or
-  the descriptor itself when the projector has no layers; it feeds the SSL losses and the
-  mining cache. With project=False the projector is skipped; feature_map=True adds the
-  backbone's output. `aggregation` is None for backbones that output the descriptor
-  themselves.
+  pre-projector output, used for evaluation): the aggregation of the backbone's Features.
+  `projection` is the projector output, or the descriptor itself when the projector has no
+  layers; it feeds the SSL losses and the mining cache. With project=False the projector is
+  skipped; feature_map=True adds the backbone's feature map.
 
   Stage 2 (re-ranking) networks also have `local_head` and `Reranker` (an R2Former; both
   named as the original's state-dict keys): local=True adds "local" (N, n, 3 + local_dim),
-  the image's local tokens (models.local_tokens), and `rerank` scores (query, candidate)
-  pairs. The local head's input is detached unless `finetune` (the original's
-  --finetune), so only it and the R2Former learn from the re-ranking loss.
+  the image's local tokens (`local_tokens`, the backbone family's), and `rerank` scores
+  (query, candidate) pairs. The local head's input is detached unless `finetune` (the
+  original's --finetune), so only it and the R2Former learn from the re-ranking loss.
+  `cpu_dots`: the training step of this network wants oneDNN's matrix products on CPU.
   """
   backbone: nn.Module
-  aggregation: nn.Module | None
+  aggregation: nn.Module
   projector: Projector
   descriptor_dim: int
   dtype: Dtype = jnp.float32
@@ -45,6 +48,8 @@ class GeoLocalizationNet(nn.Module):
   Reranker: R2Former | None = None  # noqa: N815 (the original's name)
   num_local: int = 500
   finetune: bool = False
+  local_tokens: Callable | None = None   # backbones.LocalTokens of the family
+  cpu_dots: bool = False
 
   @property
   def projection_dim(self) -> int:
@@ -55,36 +60,25 @@ class GeoLocalizationNet(nn.Module):
                feature_map: bool = False, local: bool = False) -> dict:
     if local and self.local_head is None:
       raise ValueError("this network has no local tokens (model.local_dim = 0)")
-    if local:
-      features, maps = self.backbone(images, train, tokens=True)
-    else:
-      features = self.backbone(images, train)
-    if self.aggregation is None:
-      descriptor = features
-    else:
-      if features.dtype != jnp.float32:
-        # Materialise the bfloat16 feature map before the float32 aggregation: with the two
-        # fused, XLA's CPU compiler produced NaN descriptors for batches of 128 (jax 0.12.0.1;
-        # tests/test_models.py checks it). The barrier costs one buffer.
-        features = jax.lax.optimization_barrier(features)
-      descriptor = self.aggregation(features)
+    features: Features = self.backbone(images, train, tokens=local)
+    if self.dtype != jnp.float32:
+      # Materialise the bfloat16 backbone outputs before the float32 aggregation: with the
+      # two fused, XLA's CPU compiler produced NaN descriptors for batches of 128 (jax
+      # 0.12.0.1; tests/test_models.py checks it). The barrier costs one buffer.
+      features = features.map_arrays(jax.lax.optimization_barrier)
+    descriptor = self.aggregation(features)
     out = {"descriptor": descriptor}
     if feature_map:  # the backbone's map (NetVLAD's k-means initialisation samples it)
-      out["feature_map"] = features.astype(jnp.float32)
+      out["feature_map"] = features.feature_map.astype(jnp.float32)
     if project:
       out["projection"] = self.projector(descriptor, train)
     if local:
-      out["local"] = self._local_tokens(images.shape[1:3], features, maps)
+      out["local"] = self._local_tokens(images.shape[1:3], features)
     return out
 
-  def _local_tokens(self, image_hw, features, maps) -> jax.Array:
-    if "tokens" in maps:  # DeiT
-      feats, coords = local_tokens.deit_tokens(maps["tokens"], maps["attention"],
-                                               self.num_local, image_hw)
-    else:                 # a conv5 ResNet: layer3 tokens, layer4 x FC saliency
-      kernel = self.aggregation.variables["params"]["fc"]["kernel"]
-      feats, coords = local_tokens.cnn_tokens(maps["layer3"], features, kernel,
-                                              self.num_local, image_hw)
+  def _local_tokens(self, image_hw, features: Features) -> jax.Array:
+    aggregation_params = self.aggregation.variables.get("params", {})
+    feats, coords = self.local_tokens(features, aggregation_params, self.num_local, image_hw)
     if not self.finetune:
       feats = jax.lax.stop_gradient(feats)
     return jnp.concatenate([coords, self.local_head(feats).astype(jnp.float32)], axis=-1)
@@ -110,24 +104,23 @@ def build_model(model_config, projector_family: str, image_size) -> GeoLocalizat
   (objectives.registry), None for objectives without a projector."""
   mc = model_config
   dtype = DTYPES[mc.dtype]
-  backbone, output = registry.build_backbone(mc, dtype, tuple(image_size))
-  if output == registry.FEATURE_MAP:
-    aggregation = Aggregation(mc.fc_output_dim, mc.aggregation, mc.l2, mc.netvlad_clusters)
-    size = descriptor_dim(mc.aggregation, mc.fc_output_dim, registry.channels(mc),
-                          mc.netvlad_clusters)
-  else:
-    aggregation, size = None, mc.fc_output_dim
+  fam, _ = backbones.family(mc.backbone)
+  backbone = backbones.build_backbone(mc, dtype, tuple(image_size))
+  aggregation, size = aggregations.build_aggregation(mc, backbones.shapes(mc))
   projector = (Projector(projector_family, mc.n_layers, mc.projection_size, dtype)
                if projector_family else Projector("vicreg", 0, mc.projection_size, dtype))
   local = {}
   if mc.local_dim:
-    registry.check_local(mc, tuple(image_size))
+    backbones.check_local(mc, aggregations.spec(backbones.aggregation_name(mc)))
     local = dict(local_head=Dense(mc.local_dim, dtype=dtype,
                                   kernel_init=nn.initializers.normal(0.01),
                                   bias_init=nn.initializers.zeros),
                  Reranker=R2Former(mc.num_local), num_local=mc.num_local,
-                 finetune=bool(mc.finetune))
-  return GeoLocalizationNet(backbone, aggregation, projector, size, dtype, **local)
+                 finetune=bool(mc.finetune), local_tokens=fam.local_tokens)
+  # the R2Former's attention is slower with oneDNN's products (cpu_env)
+  cpu_dots = backbones.cpu_dots(mc) and not mc.local_dim
+  return GeoLocalizationNet(backbone, aggregation, projector, size, dtype, cpu_dots=cpu_dots,
+                            **local)
 
 
 def init_variables(model: GeoLocalizationNet, key: jax.Array, image_size) -> dict:

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vgssl_jax.models.features import Features
 from vgssl_jax.models.layers import BatchNorm, Conv, Dtype
 from vgssl_jax.models.resnet_layout import STAGES, VALID_NAMES, features_dim, parse_backbone
 
@@ -142,15 +143,16 @@ class ResLayer(nn.Module):
 
 
 class ResNet(nn.Module):
-  """Input: (N, H, W, 3) normalised images. Output: (N, H/s, W/s, C) feature map.
+  """Input: (N, H, W, 3) normalised images. Output: Features with the (N, H/s, W/s, C)
+  feature map.
 
   depth 18/50/101; `last_stage` 4 (stride 16) or 5 (stride 32); `width` is the
   channel count of the stem and of layer1's planes (64 in torchvision; smaller
   values give the narrow variants used in tests and the demo). `blocks` (blocks per
   stage) and `width_per_group` (torchvision's, bottlenecks only) default to the depth's.
 
-  With tokens=True also returns {"layer3": the stride-16 map (N, H/16, W/16, C3)}, stage
-  2's local features of a conv5 ResNet.
+  With tokens=True the Features also hold, in `local`, "layer3": the stride-16 map (N,
+  H/16, W/16, C3), stage 2's local features of a conv5 ResNet.
   """
   depth: int = 50
   last_stage: int = 5
@@ -160,7 +162,7 @@ class ResNet(nn.Module):
   width_per_group: int = 64
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool, tokens: bool = False):
+  def __call__(self, x: jax.Array, train: bool, tokens: bool = False) -> Features:
     kind, blocks = STAGES[self.depth]
     blocks = self.blocks or blocks
     block = BasicBlock if kind == "basic" else Bottleneck
@@ -172,7 +174,7 @@ class ResNet(nn.Module):
       x = ResLayer(block, self.width * 2 ** stage, blocks[stage], 1 if stage == 0 else 2,
                    self.dtype, self.width_per_group, name=f"layer{stage + 1}")(x, train)
       maps[f"layer{stage + 1}"] = x
-    return (x, {"layer3": maps["layer3"]}) if tokens else x
+    return Features(feature_map=x, local={"layer3": maps["layer3"]} if tokens else {})
 
   @property
   def features_dim(self) -> int:

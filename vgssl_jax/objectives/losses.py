@@ -153,27 +153,46 @@ def supervised_loss(criterion: str, q: jax.Array, p: jax.Array, n: jax.Array,
 RERANK_LOSSES = ("ce", "triplet", "infoNCE", "combine")
 
 
+def _ce(pos_logits, neg_logits, s_pos, s_neg, margin):
+  del s_pos, s_neg, margin
+  return -0.5 * (jnp.mean(jax.nn.log_softmax(pos_logits, axis=-1)[:, 1]) +
+                 jnp.mean(jax.nn.log_softmax(neg_logits, axis=-1)[:, 0]))
+
+
+def _triplet(pos_logits, neg_logits, s_pos, s_neg, margin):
+  del pos_logits, neg_logits
+  return jnp.mean(jax.nn.relu(s_neg - s_pos + margin))
+
+
+def _hinge(pos_logits, neg_logits, s_pos, s_neg, margin):
+  del pos_logits, neg_logits, margin
+  return jnp.mean(jax.nn.relu(s_neg - s_pos))
+
+
+def _info_nce(pos_logits, neg_logits, s_pos, s_neg, margin):
+  del pos_logits, neg_logits, margin
+  scores = jnp.stack([s_pos, s_neg], axis=-1) / 0.07
+  return -jnp.mean(jax.nn.log_softmax(scores, axis=-1)[:, 0])
+
+
+# the per-slice terms by rerank.loss; "combine" is CE on the last half of the slices and
+# the plain hinge on the first
+_SLICE_TERMS = {"ce": _ce, "triplet": _triplet, "infoNCE": _info_nce, "hinge": _hinge}
+
+
 def rerank_slice_loss(kind: str, pos_logits: jax.Array, neg_logits: jax.Array, j: int, m: int,
                       margin: float = 0.1) -> jax.Array:
   """One negative slice j of M (B pairs each): ce = CE([pos; neg], [1]*B + [0]*B) (mean);
   triplet = mean relu(s_neg - s_pos + margin), s = softmax(logits)[1]; infoNCE = CE([s_pos,
   s_neg] / 0.07, 0) (mean); combine = ce for j >= M // 2, else mean relu(s_neg - s_pos)."""
+  if kind == "combine":
+    kind = "ce" if j >= m // 2 else "hinge"
+  if kind not in _SLICE_TERMS:
+    raise ValueError(f"unknown re-ranking loss {kind!r}; expected one of {RERANK_LOSSES}")
   pos_logits, neg_logits = _wide(pos_logits, neg_logits)
   s_pos = jax.nn.softmax(pos_logits, axis=-1)[:, 1]
   s_neg = jax.nn.softmax(neg_logits, axis=-1)[:, 1]
-  if kind == "combine":
-    kind = "ce" if j >= m // 2 else "hinge"
-  if kind == "ce":
-    return -0.5 * (jnp.mean(jax.nn.log_softmax(pos_logits, axis=-1)[:, 1]) +
-                   jnp.mean(jax.nn.log_softmax(neg_logits, axis=-1)[:, 0]))
-  if kind == "triplet":
-    return jnp.mean(jax.nn.relu(s_neg - s_pos + margin))
-  if kind == "hinge":
-    return jnp.mean(jax.nn.relu(s_neg - s_pos))
-  if kind == "infoNCE":
-    scores = jnp.stack([s_pos, s_neg], axis=-1) / 0.07
-    return -jnp.mean(jax.nn.log_softmax(scores, axis=-1)[:, 0])
-  raise ValueError(f"unknown re-ranking loss {kind!r}; expected one of {RERANK_LOSSES}")
+  return _SLICE_TERMS[kind](pos_logits, neg_logits, s_pos, s_neg, margin)
 
 
 def rerank_loss(kind: str, pos_logits: jax.Array, neg_logits: jax.Array, margin: float = 0.1,

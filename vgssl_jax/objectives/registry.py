@@ -1,7 +1,8 @@
-"""Training objectives by name (`config.method`): the class that builds each and the
-projector family its network gets.
+"""Training objectives by name (the config's `method`): the class of each and the epoch
+source its batches come from (training.epochs.EPOCH_SOURCES). The class knows the rest: its
+projector family, the config keys it reads, its checks.
 
-Adding an objective = one module in objectives/ and one entry here; the trainer, the step
+Adding an objective = its class in objectives/ and one entry here; the trainer, the step
 and the evaluation runner do not change.
 """
 
@@ -16,39 +17,34 @@ from vgssl_jax.objectives.base import Objective
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveEntry:
-  cls: type                 # has from_config(name, model, config) -> Objective
-  projector_family: str | None  # models.heads.projector_layout family; None: no projector
-  epoch_source: str = "geopairs"   # training.run.EPOCH_SOURCES: where its batches come from
-  keys: tuple[str, ...] = ()       # config keys (or sections, "rerank.") only it reads
+  cls: type                        # an Objective subclass with from_config(name, model, config)
+  epoch_source: str = "geopairs"   # training.epochs.EPOCH_SOURCES: where its batches come from
+
+  @property
+  def projector_family(self) -> str | None:
+    """models.heads.projector_layout family of its network; None: no projector."""
+    return self.cls.projector_family
 
 
-_PROJECTOR = ("model.n_layers", "model.projection_size")
 OBJECTIVES: dict[str, ObjectiveEntry] = {
-    "vicreg": ObjectiveEntry(ssl.SSLObjective, "vicreg", keys=(
-        "loss.sim_coeff", "loss.std_coeff", "loss.cov_coeff", *_PROJECTOR)),
-    "bt": ObjectiveEntry(ssl.SSLObjective, "vicreg", keys=("loss.lambd", *_PROJECTOR)),
-    "simclr": ObjectiveEntry(ssl.SSLObjective, "contrastive", keys=("loss.temperature",
-                                                                     *_PROJECTOR)),
-    "mocov2": ObjectiveEntry(ssl.MoCo, "contrastive", keys=(
-        "loss.temperature", "loss.moco_momentum", "loss.queue_size", *_PROJECTOR)),
-    "byol": ObjectiveEntry(ssl.BYOL, "byol", keys=("loss.momentum", *_PROJECTOR)),
-    "simsiam": ObjectiveEntry(ssl.BYOL, "byol", keys=_PROJECTOR),
+    "vicreg": ObjectiveEntry(ssl.VICReg),
+    "bt": ObjectiveEntry(ssl.BarlowTwins),
+    "simclr": ObjectiveEntry(ssl.SimCLR),
+    "mocov2": ObjectiveEntry(ssl.MoCoV2),
+    "byol": ObjectiveEntry(ssl.BYOL),
+    "simsiam": ObjectiveEntry(ssl.SimSiam),
     # supervised (train.py): (query, best positive, M negatives) tuples from cache refreshes
-    "triplet": ObjectiveEntry(triplet.TupleObjective, None, "triplets", keys=("train.margin",)),
-    "sare_ind": ObjectiveEntry(triplet.TupleObjective, None, "triplets"),
-    "sare_joint": ObjectiveEntry(triplet.TupleObjective, None, "triplets"),
+    "triplet": ObjectiveEntry(triplet.Triplet, "triplets"),
+    "sare_ind": ObjectiveEntry(triplet.SareInd, "triplets"),
+    "sare_joint": ObjectiveEntry(triplet.SareJoint, "triplets"),
     # stage 2 (train_reranker.py): the R2Former on the same tuples
-    "r2former": ObjectiveEntry(rerank.RerankObjective, None, "triplets",
-                               keys=("train.margin", "rerank.")),
+    "r2former": ObjectiveEntry(rerank.RerankObjective, "triplets"),
 }
-# config keys only the epoch sources of one kind read
-EPOCH_SOURCE_KEYS = {"geopairs": ("train.pair_negative",), "triplets": ("train.cache_refresh_rate",)}
-SSL_METHODS = tuple(n for n, e in OBJECTIVES.items() if e.epoch_source == "geopairs")
 
 
 def entry(name: str) -> ObjectiveEntry:
   if name not in OBJECTIVES:
-    raise ValueError(f"unknown method {name!r}; expected one of {', '.join(OBJECTIVES)}")
+    raise ValueError(f"method={name!r} is not valid; expected one of {', '.join(OBJECTIVES)}")
   return OBJECTIVES[name]
 
 

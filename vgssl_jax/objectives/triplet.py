@@ -14,46 +14,45 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vgssl_jax.errors import ConfigError
 from vgssl_jax.models.inputs import normalize
-from vgssl_jax.models.network import GeoLocalizationNet, init_variables
+from vgssl_jax.models.network import GeoLocalizationNet
 from vgssl_jax.objectives import losses
-from vgssl_jax.objectives.ssl import ViewConfig
-from vgssl_jax.training import augment
-
-CRITERIA = tuple(losses.SUPERVISED)
+from vgssl_jax.objectives.base import Objective
+from vgssl_jax.objectives.views import ViewConfig, batch_flip, query_transform
 
 
-class TupleObjective:
-  """`name` is the criterion: triplet | sare_ind | sare_joint."""
+class TupleObjective(Objective):
+  """A criterion (`criterion`: losses.SUPERVISED's sum over the B * M (q, p*, n_j) terms)
+  of one train-mode forward of the batch's tuples."""
   mining_output = "descriptor"  # the benchmark's cache holds the retrieval descriptors
-  # True: an epoch that is a single cache refresh reuses the first epoch's tuples
-  reuse_mining = False
+  projector_family = None       # no projector
+  criterion = ""                # its name in losses.SUPERVISED
 
-  def __init__(self, name: str, model: GeoLocalizationNet, margin: float = 0.1,
-               views: ViewConfig = ViewConfig()):
-    if name not in CRITERIA:
-      raise ValueError(f"unknown criterion {name!r}; expected one of {CRITERIA}")
-    self.name, self.model, self.margin, self.views = name, model, margin, views
+  def __init__(self, name: str, model: GeoLocalizationNet, margin: float, views: ViewConfig):
+    super().__init__(name, model)
+    self.margin, self.views = margin, views
 
   @classmethod
   def from_config(cls, name: str, model: GeoLocalizationNet, config) -> "TupleObjective":
-    return cls(name, model, config.train.margin,
-               ViewConfig(config.train.random_resized_crop, config.train.horizontal_flip))
+    return cls(name, model, config.train.margin, ViewConfig.from_config(config))
 
-  def init(self, key: jax.Array, image_size) -> tuple[dict, dict, dict]:
-    variables = init_variables(self.model, key, image_size)
-    return {"net": variables["params"]}, {"net": variables["batch_stats"]}, {}
+  @classmethod
+  def check_config(cls, config, purpose: str = "train") -> None:
+    del purpose
+    if config.train.margin <= 0:
+      raise ConfigError(f"train.margin={config.train.margin} must be > 0.")
 
   def images(self, batch: dict, key: jax.Array) -> jax.Array:
     """[T_q(queries); positives; negatives] normalised, (B (2 + M), H, W, 3)."""
     k_query, k_flip = jax.random.split(key)
     b, m = batch["negatives"].shape[:2]
     images = jnp.concatenate([
-        augment.query_transform(k_query, batch["query"], self.views.random_resized_crop),
+        query_transform(k_query, batch["query"], self.views.random_resized_crop),
         batch["positive"].astype(jnp.float32),
         batch["negatives"].reshape(b * m, *batch["negatives"].shape[2:]).astype(jnp.float32)])
     if self.views.horizontal_flip:
-      (images,) = augment.batch_flip(k_flip, [images])
+      (images,) = batch_flip(k_flip, [images])
     return normalize(images, self.model.dtype)
 
   def loss(self, params: dict, batch_stats: dict, objective_state: dict, batch: dict,
@@ -63,9 +62,23 @@ class TupleObjective:
                                     self.images(batch, key), train=True, project=False,
                                     mutable=["batch_stats"])
     d = out["descriptor"]
-    loss = losses.supervised_loss(self.name, d[:b], d[b:2 * b], d[2 * b:].reshape(b, m, -1),
-                                  self.margin)
+    loss = losses.supervised_loss(self.criterion, d[:b], d[b:2 * b],
+                                  d[2 * b:].reshape(b, m, -1), self.margin)
     return loss, ({"net": updates.get("batch_stats", batch_stats["net"])}, objective_state)
 
-  def after_update(self, objective_state: dict, old_params: dict) -> dict:
-    return objective_state
+
+class Triplet(TupleObjective):
+  criterion = "triplet"
+  keys = ("train.margin",)
+
+
+class SareInd(TupleObjective):
+  criterion = "sare_ind"
+
+  @classmethod
+  def check_config(cls, config, purpose: str = "train") -> None:
+    del config, purpose  # no margin
+
+
+class SareJoint(SareInd):
+  criterion = "sare_joint"

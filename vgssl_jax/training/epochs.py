@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+import numpy as np
+
 from data_pipelines import mining
 from data_pipelines.places import TrainPlaces
 from vgssl_jax.errors import ConfigError
@@ -27,6 +29,17 @@ class BatchIterator(Protocol, Iterator[dict]):
 class EpochSource(Protocol):
   items_per_step: int           # global items (dataset rows) per optimizer step
   throughput: dict[str, int]    # per step, for the metric lines: e.g. {"pairs": 64, "images": 128}
+  keys: tuple[str, ...]         # config keys only sources of this kind read
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    """ConfigError naming the setting when the source cannot run with `config` (before
+    any data is opened)."""
+
+  @classmethod
+  def steps_items(cls, config) -> int:
+    """Global items per optimizer step under `config` (what the mesh and gradient
+    accumulation divide)."""
 
   def segments(self, epoch: int) -> int:
     """How many mined segments epoch `epoch` (0-based) has."""
@@ -60,3 +73,19 @@ def check_negatives(train: TrainPlaces, m: int) -> None:
                     f"{places.name}/{places.split} leave only {max(sure, 0)} for a query with "
                     f"{soft} soft positives (within train.negative_radius); lower "
                     f"train.negs_num_per_query to at most {max(sure, 0)}.")
+
+
+class MiningEmbedder:
+  """What mining embeds with the current model: the objective's mining output of images
+  of the training split, unreadable ones as NaN rows, counted in `skipped`."""
+
+  def __init__(self, embedder, variables: dict, train: TrainPlaces, output: str, label: str):
+    self.embedder, self.variables, self.train = embedder, variables, train
+    self.output, self.label = output, label
+    self.skipped = 0
+
+  def __call__(self, part: str, indices) -> np.ndarray:
+    feats = self.embedder(self.variables, self.train.places.images(part), indices,
+                          output=self.output, desc=f"{self.label}{part}", skip_unreadable=True)
+    self.skipped += int((~np.isfinite(feats).all(axis=1)).sum())
+    return feats

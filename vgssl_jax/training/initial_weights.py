@@ -13,22 +13,26 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh
 
-from vgssl_jax import sharding
-from vgssl_jax.config import model_config_from
+from vgssl_jax import checkpoints, sharding
 from vgssl_jax.errors import ConfigError
 from vgssl_jax.evaluation.embedder import Embedder
-from vgssl_jax.models import registry
-from vgssl_jax.models.aggregation import netvlad_init_params
+from vgssl_jax.models import aggregations, backbones
 from vgssl_jax.models.network import init_variables
+from vgssl_jax.models.pooling import netvlad_init_params
 from vgssl_jax.models.weights import vgssl
 from vgssl_jax.models.weights.files import is_weight_file, load_state_dict
 from vgssl_jax.models.weights.names import replace_subtrees, subtrees
-from vgssl_jax.training import checkpoints
+from vgssl_jax.objectives.registry import build_network
 from vgssl_jax.training.state import TrainState
 
-# the settings that make two networks' backbone + aggregation interchangeable
-NETWORK_KEYS = ("backbone", "width", "vit", "aggregation", "l2", "netvlad_clusters",
-                "fc_output_dim")
+
+def network_keys(model_config) -> list[str]:
+  """The model.* settings that make two networks' backbone + aggregation interchangeable:
+  backbone, aggregation and descriptor size, and what the family and aggregation read."""
+  fam, _ = backbones.family(model_config.backbone)
+  agg = aggregations.spec(backbones.aggregation_name(model_config))
+  own = [k[len("model."):].rstrip(".") for k in fam.keys + agg.keys if k.startswith("model.")]
+  return ["backbone", "aggregation", "fc_output_dim", *own]
 
 
 def replace_net(state: TrainState, variables: dict, mesh: Mesh) -> TrainState:
@@ -53,7 +57,7 @@ def with_pretrained_backbone(state: TrainState, model_config, image_size,
   """`state` with the network's backbone from `model_config.pretrained` (ImageNet weights
   of the backbone's family). Adam's moments are zeros whatever the parameters, so the
   optimizer state stays."""
-  variables = registry.load_pretrained(model_config, net_variables(state), image_size)
+  variables = backbones.load_pretrained(model_config, net_variables(state), image_size)
   return replace_net(state, variables, mesh)
 
 
@@ -73,10 +77,10 @@ def load_init_from(path: str, config, variables: dict) -> tuple[dict, tuple[str,
   R2Former when `path` has them (stage 2's jobs (d), (e)); the projector and anything else
   stay as initialised."""
   if is_weight_file(path):
-    loaded, report = vgssl.import_vgssl_state(load_state_dict(path), variables)
+    loaded, report = vgssl.import_vgssl_state(load_state_dict(path), variables,
+                                              config.model.backbone)
     return loaded, ("backbone", "aggregation", *report["stage2"])
   directory, step, meta, theirs = _run_network(path, config)
-  from vgssl_jax.objectives.registry import build_network  # pylint: disable=import-outside-toplevel
   image_size = tuple(meta.get("image_size") or config.data.image_size)
   model = build_network(theirs, meta["method"], image_size)
   template = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), image_size))
@@ -107,10 +111,12 @@ def _run_network(path: str, config):
   """(directory, step, meta, model settings) of the run `path`; ConfigError when its
   network cannot give this config's backbone + aggregation."""
   directory, step, meta = checkpoints.read_meta(path)
-  theirs, ours = model_config_from(meta["model"]), config.model
-  differ = [f"model.{k}: {_plain(theirs[k])!r} in the run, {_plain(ours[k])!r} here"
-            for k in NETWORK_KEYS if _plain(theirs[k]) != _plain(ours[k])
-            and not (k == "vit" and ours.backbone != "deit")]
+  theirs, ours = checkpoints.model_config_from(meta["model"]), config.model
+
+  def value(mc, key):
+    return backbones.aggregation_name(mc) if key == "aggregation" else _plain(mc[key])
+  differ = [f"model.{k}: {value(theirs, k)!r} in the run, {value(ours, k)!r} here"
+            for k in network_keys(ours) if value(theirs, k) != value(ours, k)]
   if theirs.get("local_dim") and ours.local_dim and theirs.local_dim != ours.local_dim:
     differ.append(f"model.local_dim: {theirs.local_dim} in the run, {ours.local_dim} here")
   if differ:
@@ -124,7 +130,7 @@ def check_init_from(config, abstract: dict) -> None:
   exists, and a weights file fits the network's shapes or a run has the same network."""
   path = config.train.init_from
   if is_weight_file(path):
-    vgssl.import_vgssl_state(load_state_dict(path), abstract)
+    vgssl.import_vgssl_state(load_state_dict(path), abstract, config.model.backbone)
   else:
     _run_network(path, config)
 
@@ -180,3 +186,7 @@ def with_netvlad_init(state: TrainState, config, places, embedder: Embedder,
   params["aggregation"] = {**params["aggregation"],
                            "netvlad": {"centroids": init["centroids"], "conv": init["conv"]}}
   return replace_net(state, {**variables, "params": params}, mesh)
+
+
+# how an aggregation's parameters start from data (models.aggregations.AggregationSpec.data_init)
+DATA_INITS = {"kmeans": with_netvlad_init}

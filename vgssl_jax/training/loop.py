@@ -24,13 +24,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from vgssl_jax import interrupts, sharding
-from vgssl_jax.config import config_changes
+from vgssl_jax import checkpoints, interrupts, sharding
+from vgssl_jax.resume import config_changes
 from vgssl_jax.errors import Preempted, TrainingDiverged
-from vgssl_jax.models import registry
+from vgssl_jax.models import backbones
 from vgssl_jax.objectives.base import Objective, retrieval_variables
 from vgssl_jax.progress import Progress
-from vgssl_jax.training import checkpoints
 from vgssl_jax.training.epochs import EpochSource
 from vgssl_jax.training.metrics_log import MetricsWriter
 from vgssl_jax.training.optimizer import epoch_lr, make_optimizer, schedule_for, with_lr
@@ -126,8 +125,7 @@ class Trainer:
     tc = config.train
     self.tx = make_optimizer(tc.lr, tc.optimizer, tc.weight_decay)
     self.step_fn = jit_train_step(objective, self.tx, mesh, tc.grad_accum_steps,
-                                  registry.frozen_modules(config.model) +
-                                  tuple(getattr(objective, "frozen", ())))
+                                  backbones.frozen_modules(config.model) + tuple(objective.frozen))
     self.metrics = MetricsWriter(workdir)
     self.signals = _Signals()
     self.mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), tc.keep_checkpoints)

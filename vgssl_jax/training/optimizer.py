@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vgssl_jax.errors import ConfigError, check_choice
+
 LR_SCHEDULES = ("constant", "cosine", "step")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # the original's hard-coded weight decays (docs/original.md §Optimisation)
@@ -43,6 +45,20 @@ def make_optimizer(lr: float, name: str = "adam",
         lambda learning_rate: optax.adamw(learning_rate, weight_decay=wd))(learning_rate=lr)
   return optax.inject_hyperparams(lambda learning_rate: _sgd(learning_rate, wd))(
       learning_rate=lr)
+
+
+def check_config(config) -> None:
+  """ConfigError naming the setting when the optimizer settings are impossible."""
+  t = config.train
+  check_choice("train.optimizer", t.optimizer, OPTIMIZERS)
+  check_choice("train.lr_schedule", t.lr_schedule, ("",) + LR_SCHEDULES)
+  if t.cosine_scheduler and t.lr_schedule not in ("", "cosine"):
+    raise ConfigError(f"train.cosine_scheduler=True asks for warm-up + cosine but train.lr_schedule="
+                      f"{t.lr_schedule!r} names another schedule: drop one of the two.")
+  if not t.lr > 0:
+    raise ConfigError(f"train.lr={t.lr} must be > 0.")
+  if t.warmup_epochs < 0:
+    raise ConfigError(f"train.warmup_epochs={t.warmup_epochs} must be >= 0.")
 
 
 def with_lr(state, lr: float):

@@ -15,32 +15,20 @@ import time
 import jax
 
 from data_pipelines.places import TrainPlaces
-from vgssl_jax import data_config, sharding
-from vgssl_jax.config import items_per_step, resolve
-from vgssl_jax.evaluation import runner
+from vgssl_jax import data_config, resume, sharding
+from vgssl_jax.evaluation import exports, runner
 from vgssl_jax.evaluation.embedder import Embedder
 from vgssl_jax.evaluation.loading import abstract_variables
-from vgssl_jax.models import registry as models_registry
+from vgssl_jax.models import aggregations, backbones
 from vgssl_jax.objectives import registry
 from vgssl_jax.objectives.base import retrieval_variables
-from vgssl_jax.training import checkpoints
-from vgssl_jax.training.geopairs import GeoPairSource
-from vgssl_jax.training.loop import Trainer
 from vgssl_jax.training import initial_weights
-from vgssl_jax.training.triplets import TripletSource
-
-# epoch source of each objective family (objectives.registry.ObjectiveEntry.epoch_source)
-EPOCH_SOURCES = {"geopairs": GeoPairSource, "triplets": TripletSource}
-
-
-def _write_json(path: str, data) -> None:
-  if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(data, f, indent=1)
+from vgssl_jax.training.loop import Trainer
+from vgssl_jax.training.sources import source_class
 
 
 def check_mesh(config, mesh) -> None:
-  items = items_per_step(config)
+  items = source_class(config).steps_items(config)
   sharding.check_divisible(items, mesh, "train.batch_size" if items == config.train.batch_size
                            else "train.batch_size / 2 (items per step with pair_negative)")
   if config.train.grad_accum_steps > 1:
@@ -64,7 +52,7 @@ def run_init_run(config, workdir: str) -> None:
     # one dataset for the whole chain: --config.data.root=... reaches the stage-1 run too
     for key in ("root", "name", "synthetic"):
       config.init_run.data[key] = config.data[key]
-  checkpoints.check_workdir(config, workdir)
+  resume.check_workdir(config, workdir)
   if os.path.exists(os.path.join(sub, "results.json")):
     logging.info("init_run: %s is trained already", sub)
     return
@@ -79,17 +67,16 @@ INIT_RUN = "init_run"
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (or resumes) and evaluates; writes {"before": ..., "after": ...} to results.json."""
   start = time.perf_counter()
-  resolve(config)
   if config.init_run:
     run_init_run(config, workdir)
   objective = registry.build_objective(config)
   # wrong weights files are reported before anything is written
   abstract = abstract_variables(objective.model, config.data.image_size)
   if config.model.pretrained:
-    models_registry.check_pretrained(config.model, abstract, config.data.image_size)
+    backbones.check_pretrained(config.model, abstract, config.data.image_size)
   if config.train.init_from:
     initial_weights.check_init_from(config, abstract)
-  checkpoints.check_workdir(config, workdir)
+  resume.check_workdir(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -108,8 +95,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                len(train_places.query_ids), tc.positive_radius, train_places.dropped)
 
   embedder = Embedder.from_config(config, objective.model, mesh)
-  source = EPOCH_SOURCES[registry.entry(config.method).epoch_source](
-      config, objective, train_places, embedder, workdir)
+  source = source_class(config)(config, objective, train_places, embedder, workdir)
   validate = None
   options = runner.EvalOptions.from_config(config.eval).for_validation()
   if val_places is not None:
@@ -128,11 +114,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if config.model.pretrained:
       state = initial_weights.with_pretrained_backbone(state, config.model, config.data.image_size,
                                                        mesh)
+    data_init = aggregations.spec(backbones.aggregation_name(config.model)).data_init
     if config.train.init_from:
       state = initial_weights.with_init_from(state, config, mesh)
-    elif config.model.aggregation == "netvlad" and config.model.backbone != "deit":
-      state = initial_weights.with_netvlad_init(state, config, train_places.places, embedder,
-                                                mesh)
+    elif data_init:
+      state = initial_weights.DATA_INITS[data_init](state, config, train_places.places,
+                                                    embedder, mesh)
     return state
   state, progress = trainer.resume_or_init(init_state)
   if validate is not None and options.rerank_top and int(state.step) == 0:
@@ -152,7 +139,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         results["before"] = json.load(f)
     else:
       results["before"] = evaluate(retrieval_variables(state.params, state.batch_stats))
-      _write_json(before_path, results["before"])
+      exports.write_json(before_path, results["before"])
   try:
     state = trainer.fit(state, progress)
     variables, tested = trainer.tested(state)
@@ -161,7 +148,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   results["after"] = evaluate(variables)
   results["tested"] = tested
   results["seconds"] = time.perf_counter() - start
-  _write_json(os.path.join(workdir, "results.json"), results)
+  exports.write_json(os.path.join(workdir, "results.json"), results)
   table = runner.format_table({k: results[k] for k in ("before", "after") if k in results},
                               tuple(config.eval.recall_values))
   print(f"\nRecall@N (%) on the {config.eval.split} split, {results['seconds']:.0f} s in all; "

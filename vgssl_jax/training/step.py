@@ -16,7 +16,6 @@ import optax
 from jax.sharding import Mesh
 
 from vgssl_jax import cpu_env, sharding
-from vgssl_jax.models import resnet
 from vgssl_jax.objectives.base import Objective
 from vgssl_jax.training.state import TrainState
 
@@ -111,18 +110,17 @@ def train_step(state: TrainState, batch: dict, *, objective: Objective,
 
 
 def step_compiler_options(model, platform: str) -> dict | None:
-  """XLA options of the step's jit: oneDNN's matrix products on CPU for bottleneck ResNets
-  (their 1x1 convolutions are matrix products) without the R2Former's attention
-  (cpu_env.train_step_compiler_options); None otherwise."""
-  bottlenecks = (isinstance(model.backbone, resnet.ResNet) and model.backbone.depth >= 50
-                 and model.Reranker is None)
-  return cpu_env.train_step_compiler_options(bottlenecks, platform)
+  """XLA options of the step's jit: oneDNN's matrix products on CPU for networks whose
+  backbone family asks for them (bottleneck ResNets: their 1x1 convolutions are matrix
+  products), never with the R2Former's attention (cpu_env.train_step_compiler_options);
+  None otherwise."""
+  return cpu_env.train_step_compiler_options(model.cpu_dots, platform)
 
 
 def jit_train_step(objective: Objective, tx: optax.GradientTransformation, mesh: Mesh,
                    accumulate: int = 1, frozen: tuple[str, ...] = ()):
   """The sharded, jitted step: state replicated, batch sharded over "data", state donated.
-  `frozen`: module paths under "net" whose parameters stay (models.registry.frozen_modules,
+  `frozen`: module paths under "net" whose parameters stay (models.backbones.frozen_modules,
   an objective's `frozen`)."""
   step = functools.partial(train_step, objective=objective, tx=tx, accumulate=accumulate,
                            frozen=tuple(frozen))

@@ -23,6 +23,7 @@ import numpy as np
 from data_pipelines import loader, mining
 from data_pipelines.places import TrainPlaces
 from vgssl_jax import data_config
+from vgssl_jax.errors import ConfigError, check_choice
 from vgssl_jax.evaluation import search
 from vgssl_jax.evaluation.embedder import Embedder
 from vgssl_jax.objectives.base import Objective, retrieval_variables
@@ -30,6 +31,27 @@ from vgssl_jax.training import epochs, hard_negatives
 
 
 class TripletSource:
+  keys = ("train.cache_refresh_rate",)
+
+  @classmethod
+  def check_config(cls, config) -> None:
+    t = config.train
+    check_choice("train.mining", t.mining, mining.TRIPLET_MINING_MODES)
+    if t.negs_num_per_query < 1:
+      raise ConfigError(f"train.negs_num_per_query={t.negs_num_per_query}: the supervised "
+                        "objectives need at least one negative per query.")
+    if t.mining not in ("random", "global") and t.negs_num_per_query > t.neg_samples_num:
+      raise ConfigError(f"train.negs_num_per_query={t.negs_num_per_query} is larger than the "
+                        f"candidate pool train.neg_samples_num={t.neg_samples_num} of "
+                        f"train.mining={t.mining}.")
+    if t.cache_refresh_rate < t.batch_size:
+      raise ConfigError(f"train.cache_refresh_rate={t.cache_refresh_rate} is smaller than "
+                        f"train.batch_size={t.batch_size}: a refresh would have no step.")
+
+  @classmethod
+  def steps_items(cls, config) -> int:
+    return config.train.batch_size  # query tuples
+
   def __init__(self, config, objective: Objective, train_places: TrainPlaces,
                embedder: Embedder, workdir: str | None = None):
     self.config, self.objective, self.train = config, objective, train_places
@@ -42,7 +64,7 @@ class TripletSource:
     # msls_weighted: an error (no night/sideways metadata) shows before any model work
     self.weights = mining.msls_weights(train_places) if tc.mining == "msls_weighted" else None
     self.options = data_config.loader_options(config)
-    self.items_per_step = tc.batch_size
+    self.items_per_step = self.steps_items(config)
     self.throughput = {"queries": tc.batch_size,
                        "images": tc.batch_size * (2 + tc.negs_num_per_query)}
     self.neg_cache: dict[int, np.ndarray] = {}
@@ -91,16 +113,9 @@ class TripletSource:
     return plan
 
   def _mine(self, state, epoch: int, segment: int) -> dict:
-    places = self.train.places
     variables = retrieval_variables(state.params, state.batch_stats)
-    skipped = [0]
-
-    def embed(part, indices):
-      feats = self.embedder(variables, places.images(part), indices,
-                            output=self.objective.mining_output,
-                            desc=f"refresh {segment + 1}: {part}", skip_unreadable=True)
-      skipped[0] += int((~np.isfinite(feats).all(axis=1)).sum())
-      return feats
+    embed = epochs.MiningEmbedder(self.embedder, variables, self.train,
+                                  self.objective.mining_output, f"refresh {segment + 1}: ")
     if self.mining.mode.startswith("global") and self.hard_lists is None:
       if self.workdir is None and not self.config.rerank.hard_negatives:
         raise ValueError("global mining needs a run folder or rerank.hard_negatives")
@@ -111,7 +126,7 @@ class TripletSource:
     t = mining.compute_triplets(self.train, embed, rng, self.mining, search, self.neg_cache,
                                 self.weights, self.hard_lists)
     return {"queries": t.queries.tolist(), "positives": t.positives.tolist(),
-            "negatives": t.negatives.tolist(), "skipped_images": skipped[0]}
+            "negatives": t.negatives.tolist(), "skipped_images": embed.skipped}
 
   def batches(self, plan: dict, epoch: int, segment: int):
     del epoch, segment

@@ -19,11 +19,12 @@ from vgssl_jax.models.weights.files import EXPORT_FORMATS, State, check_weights_
 from vgssl_jax.models.weights.names import subtrees, to_torch_state
 
 
-def descriptor_state(variables: dict) -> State:
-  """The retrieval network (backbone + GeM + FC) as {export name: array in PyTorch layout}."""
+def descriptor_state(variables: dict, to_original=lambda name: name) -> State:
+  """The retrieval network (backbone + aggregation) as {export name: array in PyTorch
+  layout}, each name through `to_original` (the backbone family's original names)."""
   host = jax.device_get(subtrees(variables, ("backbone", "aggregation")))
   state = to_torch_state(host["params"], host["batch_stats"])
-  return {k: np.ascontiguousarray(v) for k, v in state.items()}
+  return {to_original(k): np.ascontiguousarray(v) for k, v in state.items()}
 
 
 def check_export_path(path: str) -> None:
@@ -32,13 +33,15 @@ def check_export_path(path: str) -> None:
     raise ConfigError(f"cannot export to {path}: use a file name ending in .safetensors or .npz.")
 
 
-def export_descriptor_model(variables: dict, path: str, metadata: dict | None = None) -> State:
-  """Writes backbone + GeM + FC to `path` (`.npz` or `.safetensors`) with torchvision-style
-  names (see the module docstring). `metadata` ({str: JSON-able}, e.g. the model settings)
-  goes into the safetensors header (`read_export_metadata`); .npz files have none.
-  Returns what was written. `import_vgssl_checkpoint` reads it back exactly."""
+def export_descriptor_model(variables: dict, path: str, metadata: dict | None = None,
+                            to_original=lambda name: name) -> State:
+  """Writes backbone + aggregation to `path` (`.npz` or `.safetensors`) with torchvision-
+  style names, in the backbone family's original layout through `to_original` (see the
+  module docstring). `metadata` ({str: JSON-able}, e.g. the model settings) goes into the
+  safetensors header (`read_export_metadata`); .npz files have none. Returns what was
+  written. `import_vgssl_checkpoint` reads it back exactly."""
   check_export_path(path)
-  state = descriptor_state(variables)
+  state = descriptor_state(variables, to_original)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if path.lower().endswith(".npz"):
     np.savez(path, **state)

@@ -6,6 +6,9 @@
     W/16; bilinear, align_corners=False, no antialias), the cls and dist entries kept;
   * `head` and `head_dist` are both made from the first fc_output_dim rows of the
     checkpoint's `head` (its own `head_dist` is discarded: the original's quirk, kept).
+
+The heads are the network's aggregation here (models.deit.DistilledHeads), the backbone's
+`head` / `head_dist` in timm's and VG-SSL's files: ORIGINAL_NAMES maps the two.
 """
 
 from __future__ import annotations
@@ -19,6 +22,42 @@ from vgssl_jax.errors import ConfigError
 from vgssl_jax.models.deit import resize_grid
 from vgssl_jax.models.weights.files import load_state_dict
 from vgssl_jax.models.weights.names import from_torch_state, replace_subtrees, subtrees
+from vgssl_jax.models.weights.original import OriginalNames, renamed
+
+_DEIT_HINTS = ("cls_token", "dist_token", "pos_embed", "patch_embed.", "blocks.")
+_HEADS = (("backbone.head.", "aggregation.head."), ("backbone.head_dist.", "aggregation.head_dist."))
+
+
+def is_deit_state(state) -> bool:
+  """Whether a state dict holds a DeiT (cls/dist tokens, position embedding, blocks)."""
+  return any(k.removeprefix("backbone.").startswith(_DEIT_HINTS) for k in state)
+
+
+def original_to_ours(key: str) -> str:
+  """VG-SSL's DeiT keys (Lightning: backbone.<timm name>; train.py's bare DeiT: <timm
+  name>) -> ours: the heads move to the aggregation."""
+  return renamed(_HEADS)(key if key.startswith("backbone.") else f"backbone.{key}")
+
+
+def check_position_grid(canonical, target: dict) -> None:
+  want = target["params"]["backbone"]["pos_embed"].shape
+  got = canonical.get("backbone.pos_embed")
+  if got is not None and got.shape[1] != want[1]:
+    raise ConfigError(
+        f"the checkpoint's position embedding is for {got.shape[1] - 2} patches, this model's "
+        f"for {want[1] - 2}: set --config.data.image_size to the size the checkpoint was "
+        "trained at (VG-SSL trains DeiT at 480,640: 1200 patches of 16x16).")
+  if got is not None and got.shape[2] != want[2]:
+    raise ConfigError(f"the checkpoint's DeiT is {got.shape[2]} wide, this model "
+                      f"{want[2]}: set --config.model.vit.embed_dim={got.shape[2]} (and "
+                      "model.vit.depth / num_heads to the checkpoint's).")
+
+
+ORIGINAL_NAMES = OriginalNames(
+    "a DeiT", is_deit_state, to_ours=original_to_ours,
+    to_original=renamed(tuple((new, old) for old, new in _HEADS)), heads_in_backbone=True,
+    layout="deit",
+    check=check_position_grid)
 
 
 def resize_pos_embed(pos_embed: np.ndarray, grid: tuple[int, int],
@@ -36,12 +75,12 @@ def resize_pos_embed(pos_embed: np.ndarray, grid: tuple[int, int],
 
 
 def load_timm_deit(path: str, variables: dict, grid: tuple[int, int]) -> dict:
-  """Network `variables` (DeiT backbone, patch `grid` of the training size) with the
-  backbone from a timm DeiT ImageNet checkpoint. Strict: every other tensor must fit."""
+  """Network `variables` (DeiT backbone, patch `grid` of the training size, its heads as
+  the aggregation) with the backbone and both heads from a timm DeiT ImageNet checkpoint.
+  Strict: every other tensor must fit."""
   state = load_state_dict(path)
-  backbone = subtrees(variables, ("backbone",))
-  params = backbone["params"]["backbone"]
-  classes = params["head"]["kernel"].shape[1]
+  target = subtrees(variables, ("backbone", "aggregation"))
+  classes = target["params"]["aggregation"]["head"]["kernel"].shape[1]
   if "head.weight" not in state or "pos_embed" not in state:
     raise ConfigError(f"{path} is not a timm DeiT checkpoint (no head.weight / pos_embed); "
                       "give the deit_small_distilled_patch16_224 file.")
@@ -50,14 +89,14 @@ def load_timm_deit(path: str, variables: dict, grid: tuple[int, int]) -> dict:
                       " rows of the checkpoint's head, which both DeiT heads start from.")
   ignored = sorted(k for k in state if k.startswith("head_dist."))
   head = {"weight": state["head.weight"][:classes], "bias": state["head.bias"][:classes]}
-  renamed = {f"backbone.{k}": v for k, v in state.items() if not k.startswith(("head.",
-                                                                             "head_dist."))}
+  ours = {f"backbone.{k}": v for k, v in state.items() if not k.startswith(("head.",
+                                                                          "head_dist."))}
   for name in ("head", "head_dist"):  # both from the ImageNet head (the original's quirk)
-    renamed.update({f"backbone.{name}.{leaf}": v for leaf, v in head.items()})
-  renamed["backbone.pos_embed"] = resize_pos_embed(state["pos_embed"], grid)
-  loaded = from_torch_state(renamed, backbone, "Check model.vit.embed_dim / depth / num_heads "
+    ours.update({f"aggregation.{name}.{leaf}": v for leaf, v in head.items()})
+  ours["backbone.pos_embed"] = resize_pos_embed(state["pos_embed"], grid)
+  loaded = from_torch_state(ours, target, "Check model.vit.embed_dim / depth / num_heads "
                             "(DeiT-S: 384 / 12 / 6).")
   logging.info("loaded %d DeiT tensors from %s (position grid resized to %dx%d, both heads "
-               "from the first %d rows of head); ignored %s", len(renamed), path, *grid,
+               "from the first %d rows of head); ignored %s", len(ours), path, *grid,
                classes, ", ".join(ignored) or "nothing")
   return replace_subtrees(variables, loaded)

@@ -10,6 +10,35 @@ import logging
 
 from vgssl_jax.models.weights.files import load_state_dict
 from vgssl_jax.models.weights.names import from_torch_state, replace_subtrees, subtrees
+from vgssl_jax.models.weights.original import OriginalNames
+
+# VG-SSL's ResNet is nn.Sequential(*list(resnet.children())[:-2]) ([:-3] for conv4): its keys
+# are backbone.0 (conv1), backbone.1 (bn1), backbone.4 .. backbone.7 (layer1 .. layer4);
+# children 2 and 3 (ReLU, max-pool) hold no tensors
+SEQUENTIAL_BACKBONE = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3",
+                       "7": "layer4"}
+
+
+def original_to_ours(key: str) -> str:
+  """`backbone.4.0.conv1.weight` -> `backbone.layer1.0.conv1.weight`; torchvision names and
+  keys of other structures stay as they are (the strict load then lists them)."""
+  if not key.startswith("backbone."):
+    return key
+  head, _, rest = key[len("backbone."):].partition(".")
+  if head in ("0", "1") and "." not in rest:        # conv1 / bn1 tensors
+    return f"backbone.{SEQUENTIAL_BACKBONE[head]}.{rest}"
+  if head in ("4", "5", "6", "7") and rest[:1].isdigit():  # layerN.<block>...
+    return f"backbone.{SEQUENTIAL_BACKBONE[head]}.{rest}"
+  return key
+
+
+def _is_resnet_state(state) -> bool:
+  names = {original_to_ours(k) for k in state}
+  return any(k.startswith(("backbone.conv1.", "backbone.layer", "conv1.", "layer1."))
+             for k in names)
+
+
+ORIGINAL_NAMES = OriginalNames("a ResNet", _is_resnet_state, to_ours=original_to_ours)
 
 
 def load_torchvision_backbone(path: str, variables: dict) -> dict:

@@ -1,5 +1,5 @@
-"""Aggregation F_g: a feature map (N, H, W, C) -> the descriptor (docs/original.md
-§Aggregation). The deep visual geo-localization benchmark's poolings, as VG-SSL has them:
+"""The poolings of a feature map (N, H, W, C) into the descriptor (docs/original.md
+§Aggregation): the deep visual geo-localization benchmark's, as VG-SSL has them:
 
   gem | spoc | mac | rmac   L2 per location (`l2`="before_pool"), the pooling, or L2 after
                             it ("after_pool"), or neither ("none")
@@ -21,12 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vgssl_jax.models.features import Features
 from vgssl_jax.models.layers import Dense, l2_normalize
 
-AGGREGATIONS = ("gem", "spoc", "mac", "rmac", "netvlad")
+POOLINGS = ("gem", "spoc", "mac", "rmac")
 L2_MODES = ("before_pool", "after_pool", "none")
-# the config keys each aggregation reads (beyond model.fc_output_dim)
-KEYS = {**{name: ("model.l2",) for name in AGGREGATIONS}, "netvlad": ("model.netvlad_clusters",)}
 
 
 def gem(x: jax.Array, p: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -134,8 +133,9 @@ def netvlad_init_params(centroids: np.ndarray, descriptors: np.ndarray) -> dict:
           "conv": {"kernel": kernel.astype(np.float32)}, "alpha": float(alpha)}
 
 
-class Aggregation(nn.Module):
-  """(N, H, W, C) feature map -> (N, D) descriptor; see the module docstring.
+class Pooling(nn.Module):
+  """Features with a (N, H, W, C) map (or the map itself) -> (N, D) descriptor; see the
+  module docstring.
 
   fc_output_dim > 0 adds FC -> L2 (the descriptor is then L2-normalised); 0 leaves the
   pooled vector as it is (L2-normalised for netvlad and l2="after_pool")."""
@@ -145,7 +145,8 @@ class Aggregation(nn.Module):
   clusters: int = 64
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, features: Features | jax.Array) -> jax.Array:
+    x = features.feature_map if isinstance(features, Features) else features
     x = x.astype(jnp.float32)
     if self.kind == "netvlad":
       v = NetVLAD(self.clusters, name="netvlad")(x)
@@ -165,10 +166,3 @@ class Aggregation(nn.Module):
     if self.fc_output_dim:
       v = l2_normalize(Dense(self.fc_output_dim, dtype=jnp.float32, name="fc")(v), axis=-1)
     return v
-
-
-def descriptor_dim(kind: str, fc_output_dim: int, channels: int, clusters: int) -> int:
-  """The descriptor size of an aggregation on `channels` feature channels."""
-  if fc_output_dim:
-    return fc_output_dim
-  return clusters * channels if kind == "netvlad" else channels

@@ -1,12 +1,29 @@
-"""On-device augmentations (pure jax), applied inside the jitted train step by the
-objectives' view making (docs/original.md §Augmentation)."""
+"""The objectives' views of a batch: the original's query transform (RandomResizedCrop,
+pure jax on the device) and its whole-batch flip, applied inside the jitted train step
+(docs/original.md §Augmentation, §Batches).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
+
+from vgssl_jax.models.inputs import normalize
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewConfig:
+  """The random query transform of the original (RandomResizedCrop with scale (1 - r, 1)
+  when r > 0) and its whole-batch horizontal flip."""
+  random_resized_crop: float
+  horizontal_flip: bool
+
+  @classmethod
+  def from_config(cls, config) -> "ViewConfig":
+    return cls(config.train.random_resized_crop, config.train.horizontal_flip)
 
 
 def crop_params(key: jax.Array, height: int, width: int, scale: tuple[float, float],
@@ -84,3 +101,24 @@ def batch_flip(key: jax.Array, views: list[jax.Array]) -> list[jax.Array]:
   """The original's horizontal flip: all images of the step mirrored, or none (p = 0.5)."""
   flip = jax.random.bernoulli(key)
   return [jnp.where(flip, v[:, :, ::-1], v) for v in views]
+
+
+def make_views(key: jax.Array, batch: dict, views: ViewConfig, dtype) -> tuple[jax.Array,
+                                                                               jax.Array]:
+  """uint8 GeoPair batch -> the two normalised views (docs/original.md §Batches).
+
+  view 1 = [T_q(queries); T_q(negatives)], view 2 = [positives; T_q'(negatives)]: the query
+  and both negative views get independent random query transforms, the positive none.
+  Then the whole step is mirrored or not (one coin for all images).
+  """
+  r = views.random_resized_crop
+  k_query, k_neg1, k_neg2, k_flip = jax.random.split(key, 4)
+  view1 = [query_transform(k_query, batch["query"], r)]
+  view2 = [batch["positive"].astype(jnp.float32)]
+  if "negative" in batch:
+    view1.append(query_transform(k_neg1, batch["negative"], r))
+    view2.append(query_transform(k_neg2, batch["negative"], r))
+  view1, view2 = jnp.concatenate(view1), jnp.concatenate(view2)
+  if views.horizontal_flip:
+    view1, view2 = batch_flip(k_flip, [view1, view2])
+  return normalize(view1, dtype), normalize(view2, dtype)

@@ -10,6 +10,10 @@ atomic: orbax writes into a temporary folder and commits it last, so a checkpoin
 short by a kill is never picked up. The last N checkpoints are kept, and the best by the
 validation score that selects models (recall@5 in stage 1; a tie keeps the earlier one,
 as the original).
+
+Older checkpoints: parameters that a backbone family has since moved (its `legacy_paths`,
+e.g. DeiT's heads from the backbone into the aggregation) are read from their old place,
+and recorded model settings are brought to today's meaning (`model_config_from`).
 """
 
 from __future__ import annotations
@@ -24,13 +28,16 @@ import sys
 import time
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from vgssl_jax.config import config_changes
+from vgssl_jax.config import base_config
 from vgssl_jax.errors import ConfigError
-from vgssl_jax.objectives.base import retrieval_variables
+from vgssl_jax.models import backbones
 from vgssl_jax.models.weights.files import WEIGHT_FILES_TEXT
+from vgssl_jax.objectives.base import retrieval_variables
 
 # the validation score that selects the best checkpoint (the loop's `selection`, e.g. R@5)
 SELECTION = "selection"
@@ -62,18 +69,85 @@ def save(mngr: ocp.CheckpointManager, step: int, state, progress: dict, meta: di
                                           meta=ocp.args.JsonSave(meta)), metrics=metrics)
 
 
+# ----------------------------------------------------------------------------- old layouts
+
+def _key_name(key) -> str:
+  """A key path entry as orbax names it (dict key, attribute or index)."""
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _flat(tree, is_leaf=None) -> tuple[list[str], list, object]:
+  """(dotted names, leaves, treedef) of a pytree."""
+  pairs, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+  return [".".join(_key_name(k) for k in path) for path, _ in pairs], [v for _, v in pairs], treedef
+
+
+def _saved_name(name: str, saved: set[str]) -> str | None:
+  """Where today's parameter `name` is stored in a checkpoint of names `saved`: the same
+  name, or the name before a family moved it (backbones.LEGACY_PATHS)."""
+  if name in saved:
+    return name
+  dotted = "." + name
+  for old, new in backbones.LEGACY_PATHS:
+    if "." + new in dotted:
+      candidate = dotted.replace("." + new, "." + old, 1)[1:]
+      if candidate in saved:
+        return candidate
+  return None
+
+
+def _saved_tree(mngr: ocp.CheckpointManager, step: int):
+  """The structure of the state saved at `step` (array metadata as leaves)."""
+  path = epath.Path(os.fspath(mngr.directory)) / str(step) / "state"
+  meta = ocp.StandardCheckpointHandler().metadata(path)
+  return getattr(meta, "tree", meta)
+
+
+def _legacy_names(mngr: ocp.CheckpointManager, step: int, names: list[str]) -> dict | None:
+  """{today's name: stored name} when the checkpoint at `step` holds some of today's
+  leaves `names` under older names; None when it needs no renaming (or cannot be
+  renamed: the restore then reports what differs)."""
+  try:
+    saved = set(_flat(_saved_tree(mngr, step), is_leaf=lambda x: x is None)[0])
+  except Exception:  # pylint: disable=broad-except  # unreadable metadata: restore says why
+    return None
+  if all(n in saved for n in names):
+    return None
+  mapping = {n: _saved_name(n, saved) for n in names}
+  return mapping if None not in mapping.values() else None
+
+
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state) -> tuple:
   """(state, progress, meta) saved at `step`; the state restored into `abstract_state`
-  (shapes, dtypes, shardings). A foreign or mismatching checkpoint is a ConfigError."""
+  (shapes, dtypes, shardings), from older parameter names where a family moved them. A
+  foreign or mismatching checkpoint is a ConfigError."""
+  names, leaves, treedef = _flat(abstract_state)
+  mapping = _legacy_names(mngr, step, names)
+  target = abstract_state
+  if mapping:  # the saved structure, each leaf with the shape and placement it gets today
+    wanted = {mapping[n]: leaf for n, leaf in zip(names, leaves)}
+    saved_names, saved_leaves, saved_def = _flat(_saved_tree(mngr, step),
+                                                 is_leaf=lambda x: x is None)
+    target = jax.tree_util.tree_unflatten(saved_def, [wanted.get(n, leaf) for n, leaf in
+                                                      zip(saved_names, saved_leaves)])
   try:
     out = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), progress=ocp.args.JsonRestore(),
+        state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
   except Exception as e:  # orbax raises many types for damaged or foreign folders
     raise ConfigError(f"cannot resume from the checkpoint {mngr.directory}/{step}: "
                       f"{str(e)[:300]}. It is damaged or was written by another model; use "
                       "another --workdir.") from e
-  return out["state"], out["progress"], out["meta"]
+  state = out["state"]
+  if mapping:
+    by_name = dict(zip(*_flat(state)[:2]))
+    state = jax.tree_util.tree_unflatten(treedef, [by_name[mapping[n]] for n in names])
+    logging.info("checkpoint %d: parameters read from their former places (%s)", step,
+                 ", ".join(sorted({f"{mapping[n]} -> {n}" for n in names if mapping[n] != n}))[:300])
+  return state, out["progress"], out["meta"]
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state) -> tuple | None:
@@ -194,17 +268,30 @@ def read_meta(path: str) -> tuple[str, int, dict]:
 
 def restore_variables(directory: str, step: int, template: dict, sharding) -> dict:
   """The retrieval network's {"params", "batch_stats"} saved at `step` (a partial restore of
-  the train state: optimizer and method state are not read). `template` gives the shapes
+  the train state: optimizer and objective state are not read). `template` gives the shapes
   (e.g. jax.eval_shape of the model's init); arrays are placed with `sharding`."""
   abstract = {"params": {"net": template["params"]}, "batch_stats": {"net": template["batch_stats"]}}
-  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
   mngr = manager(directory, read_only=True)
+  names, leaves, treedef = _flat(abstract)
+  mapping = _legacy_names(mngr, step, names) or {n: n for n in names}
+  target: dict = {}
+  for name, leaf in zip(names, leaves):  # params and batch stats: dicts all the way down
+    *parents, last = mapping[name].split(".")
+    node = target
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[last] = leaf
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
   try:
     state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        abstract, restore_args=restore_args, partial_restore=True)))["state"]
+        target, restore_args=restore_args, partial_restore=True)))["state"]
   except (ValueError, KeyError, FileNotFoundError) as e:
     raise ConfigError(f"the checkpoint at {directory}/{step} does not fit this model (shapes or "
                       f"structure differ, or it is not a vgssl_jax checkpoint): {str(e)[:500]}") from e
+  by_name = dict(zip(*_flat(state)[:2]))
+  if set(by_name) != set(mapping.values()):
+    raise ConfigError(f"the checkpoint at {directory}/{step} has other parameters than this model")
+  state = jax.tree_util.tree_unflatten(treedef, [by_name[mapping[n]] for n in names])
   want = jax.tree.map(lambda s: tuple(s.shape), abstract)
   if jax.tree.map(lambda a: tuple(a.shape), state) != want:
     raise ConfigError(f"the checkpoint at {directory}/{step} has other shapes than this model")
@@ -218,29 +305,16 @@ def meta_for(config, epoch: int, metrics: dict | None = None) -> dict:
           "config": json.loads(config.to_json_best_effort())}
 
 
-# ----------------------------------------------------------------------------- resume policy
-
-def holds_run(workdir: str) -> bool:
-  """Whether `workdir` has results of a run (a checkpoint or the untrained model's scores),
-  not only the config.json of a start that failed before training."""
-  ckpt = os.path.join(workdir, "checkpoints")
-  steps = [d for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
-  return bool(steps) or os.path.exists(os.path.join(workdir, "before.json"))
-
-
-def check_workdir(config, workdir: str) -> None:
-  """A workdir that holds a run of another config is refused before anything is written;
-  settings that may change between restarts (config.SAFE_TO_CHANGE) are logged."""
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path) and holds_run(workdir):
-    try:
-      with open(path) as f:
-        saved = json.load(f)
-    except (OSError, ValueError) as e:
-      raise ConfigError(f"{path} is unreadable ({e}); use another --workdir.") from e
-    try:
-      changed = config_changes(saved, config)
-    except ConfigError as e:
-      raise ConfigError(f"--workdir {workdir} holds a run of another config: {e}") from None
-    if changed:
-      logging.info("workdir %s: continuing with changed settings %s", workdir, ", ".join(changed))
+def model_config_from(settings: dict) -> ml_collections.ConfigDict:
+  """A `model` section from a checkpoint's recorded settings, in today's meaning: keys added
+  since it was written take their defaults, the backbone family brings older records up to
+  date (models.backbones.upgrade_settings), and the aggregation is named (not "")."""
+  mc = base_config().model
+  with mc.unlocked():
+    for key, value in backbones.upgrade_settings(dict(settings)).items():
+      if isinstance(value, dict) and key in mc:
+        mc[key].update(value)
+      else:
+        mc[key] = value
+  mc.aggregation = backbones.aggregation_name(mc)
+  return mc

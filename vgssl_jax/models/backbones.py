@@ -1,0 +1,271 @@
+"""Backbones by name (`model.backbone`): each family owns everything about its backbones.
+
+A `BackboneFamily` says which names it owns (`parse`), builds the Flax module, and declares
+what the module gives (models.features: a feature map, class tokens, register tokens) with
+their sizes, the aggregation it takes by default, its ImageNet weights loader, its size
+checks, the parameters the original does not train, its local tokens for stage-2
+re-ranking, the original's names of its tensors (VG-SSL checkpoints), and whether its
+training step wants oneDNN's matrix products on CPU. Nothing outside this registry and the
+family's own modules tests a backbone's name.
+
+Adding a backbone = its module in models/ and one entry in FAMILIES.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+
+from vgssl_jax.models import deit, local_tokens, resnet
+from vgssl_jax.models.features import FEATURE_MAP, PREFIX, Features, FeatureShapes
+from vgssl_jax.models.layers import Dtype
+from vgssl_jax.models.weights import timm_deit, torchvision
+from vgssl_jax.models.weights.original import OriginalNames
+
+# (features, the aggregation's parameters, num_local, (H, W)) -> (features (N, n, C),
+# [x, y, attention] (N, n, 3)): stage 2's local tokens of a family
+LocalTokens = Callable[[Features, dict, int, tuple[int, int]], tuple[jax.Array, jax.Array]]
+
+
+def _no_check(model_config, image_size) -> None:
+  del model_config, image_size
+
+
+def _same(settings: dict) -> dict:
+  return settings
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneFamily:
+  name: str
+  names: str                                   # the valid names, for messages
+  parse: Callable[[str], dict | None]          # name -> build arguments, None if not ours
+  build: Callable[..., nn.Module]  # (model config, dtype, image size, **arguments) -> module
+  shapes: Callable[..., FeatureShapes]         # (model config, **arguments) -> what it gives
+  default_aggregation: str                     # model.aggregation "" means this one
+  # (weights file, network variables, training image size) -> variables with the
+  # backbone (and what of the aggregation the file holds) replaced
+  load_pretrained: Callable[[str, dict, tuple[int, int]], dict]
+  weights: str                                 # what model.pretrained is, for messages
+  original: OriginalNames                      # the original's names of its tensors
+  # (model config, image size) -> None; ValueError naming the setting if impossible
+  check: Callable[..., None] = _no_check
+  keys: tuple[str, ...] = ()                   # config keys (or sections) only it reads
+  # module paths not trained without model.unfreeze (the original freezes early layers)
+  frozen: tuple[str, ...] = ()
+  # stage 2: the token grid at (H, W) inputs, and the local tokens (None: it has none)
+  token_grid: Callable[..., tuple[int, int]] | None = None
+  local_tokens: LocalTokens | None = None
+  # (model config, aggregation spec) -> None; ValueError when it cannot give local tokens
+  check_local: Callable[..., None] = _no_check
+  # (build arguments) -> whether its CPU training step wants oneDNN's matrix products
+  cpu_dots: Callable[..., bool] = lambda **args: False
+  # a checkpoint's recorded `model` settings of an older version -> today's
+  upgrade: Callable[[dict], dict] = _same
+  # parameter paths renamed since older checkpoints: (old "a.b.", new "c.d.") prefixes
+  legacy_paths: tuple[tuple[str, str], ...] = ()
+
+
+# ----------------------------------------------------------------------------- ResNet
+
+def _parse_resnet(name: str) -> dict | None:
+  try:
+    depth, last_stage = resnet.parse_backbone(name)
+  except ValueError:
+    return None
+  return {"depth": depth, "last_stage": last_stage}
+
+
+def _resnet_token_grid(model_config, image_size) -> tuple[int, int]:
+  """layer3's grid (stride 16; each stride-2 layer rounds up)."""
+  del model_config
+  h, w = image_size
+  for _ in range(4):  # conv1, max-pool, layer2, layer3
+    h, w = -(-h // 2), -(-w // 2)
+  return h, w
+
+
+def _resnet_local_tokens(features, aggregation_params, num_local, image_hw):
+  return local_tokens.cnn_tokens(features.local["layer3"], features.feature_map,
+                                 aggregation_params["fc"]["kernel"], num_local, image_hw)
+
+
+def _resnet_check_local(model_config, spec) -> None:
+  mc = model_config
+  _, last_stage = resnet.parse_backbone(mc.backbone)
+  if last_stage != 5 or not spec.pooled_channels or not mc.fc_output_dim:
+    raise ValueError(
+        f"model.local_dim={mc.local_dim}: local tokens (re-ranking) need model.backbone=deit or "
+        f"a conv5 ResNet with a pooling aggregation and an FC (its saliency is layer4 x FC); "
+        f"this is {mc.backbone} with model.aggregation={spec.name}, model.fc_output_dim="
+        f"{mc.fc_output_dim}. Use e.g. resnet50conv5 + gem, or set model.local_dim=0")
+
+
+RESNET = BackboneFamily(
+    name="resnet", names=resnet.VALID_NAMES, parse=_parse_resnet,
+    build=lambda mc, dtype, image_size, depth, last_stage: resnet.ResNet(
+        depth, last_stage, mc.width, dtype),
+    shapes=lambda mc, depth, last_stage: FeatureShapes(
+        (FEATURE_MAP,), map_channels=resnet.features_dim(depth, last_stage, mc.width)),
+    default_aggregation="gem",
+    load_pretrained=lambda path, variables, image_size: torchvision.load_torchvision_backbone(
+        path, variables),
+    weights="torchvision's ImageNet ResNet weights (e.g. resnet50-0676ba61.pth)",
+    original=torchvision.ORIGINAL_NAMES,
+    keys=("model.width",),
+    frozen=("conv1", "bn1", "layer1", "layer2"),
+    token_grid=_resnet_token_grid, local_tokens=_resnet_local_tokens,
+    check_local=_resnet_check_local,
+    # bottleneck ResNets' 1x1 convolutions are matrix products (cpu_env)
+    cpu_dots=lambda depth, last_stage: depth >= 50)
+
+
+# ----------------------------------------------------------------------------- DeiT
+
+def _build_deit(mc, dtype, image_size):
+  v = mc.vit
+  # the re-ranking network cuts (or pos_resizes) the position grid for other sizes
+  return deit.DistilledViT(grid=(image_size[0] // deit.PATCH, image_size[1] // deit.PATCH),
+                           embed_dim=v.embed_dim, depth=v.depth, num_heads=v.num_heads,
+                           mlp_ratio=v.mlp_ratio, dtype=dtype,
+                           other_sizes="crop" if mc.local_dim else "resize")
+
+
+def _check_deit(mc, image_size):
+  v = mc.vit
+  if image_size[0] % deit.PATCH or image_size[1] % deit.PATCH:
+    raise ValueError(f"data.image_size={image_size[0]},{image_size[1]}: DeiT cuts 16x16 patches, "
+                     "so height and width must be multiples of 16 (e.g. 480,640)")
+  if min(v.embed_dim, v.depth, v.num_heads) < 1 or v.embed_dim % v.num_heads:
+    raise ValueError(f"model.vit.embed_dim={v.embed_dim} must be a positive multiple of "
+                     f"model.vit.num_heads={v.num_heads}, and model.vit.depth={v.depth} >= 1")
+
+
+def _deit_local_tokens(features, aggregation_params, num_local, image_hw):
+  del aggregation_params
+  return local_tokens.deit_tokens(features.local["tokens"], features.local["attention"],
+                                  num_local, image_hw)
+
+
+def _deit_upgrade(settings: dict) -> dict:
+  """Records from before the DeiT heads were an aggregation: model.aggregation held the
+  config's unused default (e.g. "gem"); the network they describe is the heads'."""
+  if settings.get("aggregation") != deit.AGGREGATION:
+    settings = {**settings, "aggregation": deit.AGGREGATION}
+  return settings
+
+
+DEIT = BackboneFamily(
+    name="deit", names="deit (DeiT-S distilled; sizes in model.vit)",
+    parse=lambda name: {} if name == "deit" else None, build=_build_deit,
+    shapes=lambda mc: FeatureShapes((PREFIX,), token_dim=mc.vit.embed_dim, prefix_tokens=2),
+    default_aggregation=deit.AGGREGATION,
+    load_pretrained=lambda path, variables, image_size: timm_deit.load_timm_deit(
+        path, variables, (image_size[0] // deit.PATCH, image_size[1] // deit.PATCH)),
+    weights="timm's ImageNet DeiT-S distilled weights (deit_small_distilled_patch16_224)",
+    original=timm_deit.ORIGINAL_NAMES,
+    check=_check_deit, keys=("model.vit.",),
+    token_grid=lambda mc, image_size: (image_size[0] // deit.PATCH, image_size[1] // deit.PATCH),
+    local_tokens=_deit_local_tokens,
+    upgrade=_deit_upgrade,
+    legacy_paths=(("net.backbone.head.", "net.aggregation.head."),
+                  ("net.backbone.head_dist.", "net.aggregation.head_dist.")))
+
+FAMILIES: tuple[BackboneFamily, ...] = (RESNET, DEIT)
+
+
+def family(name: str) -> tuple[BackboneFamily, dict]:
+  """(family, build arguments) of a backbone name; ValueError listing the valid names."""
+  for fam in FAMILIES:
+    args = fam.parse(name)
+    if args is not None:
+      return fam, args
+  valid = "; ".join(f.names for f in FAMILIES)
+  raise ValueError(f"unknown backbone {name!r}; expected one of {valid}")
+
+
+def aggregation_name(model_config) -> str:
+  """model.aggregation, or the family's default when it is "" (the schema's default)."""
+  if model_config.aggregation:
+    return model_config.aggregation
+  fam, _ = family(model_config.backbone)
+  return fam.default_aggregation
+
+
+def shapes(model_config) -> FeatureShapes:
+  """What the configured backbone gives, with its sizes."""
+  fam, args = family(model_config.backbone)
+  return fam.shapes(model_config, **args)
+
+
+def check(model_config, image_size) -> None:
+  """ValueError naming the setting when the backbone cannot take this config."""
+  fam, _ = family(model_config.backbone)
+  fam.check(model_config, tuple(image_size))
+
+
+def token_grid(model_config, image_size) -> tuple[int, int]:
+  """The grid stage 2 picks local tokens from, at (H, W) inputs."""
+  fam, _ = family(model_config.backbone)
+  return fam.token_grid(model_config, tuple(image_size))
+
+
+def check_local(model_config, spec) -> None:
+  """ValueError naming the setting when the backbone cannot give stage 2's local tokens."""
+  mc = model_config
+  if mc.local_dim < 0 or mc.num_local < 1:
+    raise ValueError(f"model.local_dim={mc.local_dim} must be >= 0 and model.num_local="
+                     f"{mc.num_local} >= 1")
+  fam, _ = family(mc.backbone)
+  if fam.local_tokens is None:
+    raise ValueError(f"model.local_dim={mc.local_dim}: backbone {mc.backbone} gives no local "
+                     "tokens for re-ranking; set model.local_dim=0")
+  fam.check_local(mc, spec)
+
+
+def frozen_modules(model_config) -> tuple[str, ...]:
+  """Paths of the backbone modules that do not train ("backbone/conv1", ...; all train with
+  model.unfreeze, as VG-SSL's runs)."""
+  fam, _ = family(model_config.backbone)
+  return () if model_config.unfreeze else tuple(f"backbone/{m}" for m in fam.frozen)
+
+
+def build_backbone(model_config, dtype: Dtype, image_size: tuple[int, int]) -> nn.Module:
+  """The backbone module of the `model` section of a config, for (H, W) training inputs."""
+  fam, args = family(model_config.backbone)
+  return fam.build(model_config, dtype, image_size, **args)
+
+
+def cpu_dots(model_config) -> bool:
+  """Whether the backbone's CPU training step wants oneDNN's matrix products."""
+  fam, args = family(model_config.backbone)
+  return fam.cpu_dots(**args)
+
+
+def check_pretrained(model_config, abstract_variables: dict, image_size) -> None:
+  """Reads `model_config.pretrained` and matches it against the network's shapes (an
+  abstract tree is enough): a wrong or damaged file is reported before anything is built."""
+  load_pretrained(model_config, abstract_variables, image_size)
+
+
+def load_pretrained(model_config, variables: dict, image_size) -> dict:
+  """Network `variables` with the backbone from `model_config.pretrained` (ImageNet
+  weights of the backbone's family, from a file the user supplies), for (H, W) training
+  inputs."""
+  fam, _ = family(model_config.backbone)
+  return fam.load_pretrained(model_config.pretrained, variables, tuple(image_size))
+
+
+def upgrade_settings(settings: dict) -> dict:
+  """A checkpoint's recorded `model` settings in today's meaning (the family's upgrade)."""
+  try:
+    fam, _ = family(settings.get("backbone", ""))
+  except ValueError:
+    return settings
+  return fam.upgrade(dict(settings))
+
+
+LEGACY_PATHS = tuple(p for fam in FAMILIES for p in fam.legacy_paths)
