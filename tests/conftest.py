@@ -8,7 +8,12 @@ import sys
 
 import pytest
 
-from data_pipelines import synthetic
+# Tests compile many tiny programs once: XLA's cheapest optimisation level makes them
+# compile about 3x faster, which the suite's time is mostly made of (set before jax loads;
+# the runs the tests start inherit it). Comparisons inside a test use the same level.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
+
+from data_pipelines import synthetic  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

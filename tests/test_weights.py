@@ -309,7 +309,12 @@ def test_vgssl_import_is_strict():
                               "aggregation.0.0.1.p": np.ones(1)}, variables)
   with pytest.raises(ConfigError, match="DeiT"):
     vgssl.import_vgssl_state({"backbone.cls_token": np.zeros((1, 1, 4)),
-                                   "aggregation.1.weight": np.zeros((4, 4))}, variables)
+                              "backbone.dist_token": np.zeros((1, 1, 4)),
+                              "aggregation.1.weight": np.zeros((4, 4))}, variables)
+  with pytest.raises(ConfigError, match="this is a DINOv2 checkpoint .*model.backbone=dinov2"):
+    vgssl.import_vgssl_state({"backbone.cls_token": np.zeros((1, 1, 4)),
+                              "backbone.blocks.0.ls1.gamma": np.zeros(4),
+                              "aggregation.1.weight": np.zeros((4, 4))}, variables)
 
 
 def test_containers_and_dataparallel_prefix_are_unwrapped():

@@ -79,8 +79,8 @@ def validate(c: ml_collections.ConfigDict, purpose: str = "train") -> None:
   data_config.check_config(c)
   _check_schema(c)
   fam, _ = _component(backbones.family, mc.backbone, settings="model.backbone")
-  _component(fam.check, mc, size)
-  shapes = _component(backbones.shapes, mc)
+  _component(backbones.check, mc, size)
+  shapes = _component(backbones.shapes, mc, size)
   agg = _component(aggregations.check_pair, mc, shapes)
   if mc.local_dim:
     _component(backbones.check_local, mc, agg)

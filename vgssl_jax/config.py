@@ -58,6 +58,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.finetune = False             # True: re-ranking gradients reach the backbone
   c.model.vit = ml_collections.ConfigDict(
       {"embed_dim": 384, "depth": 12, "num_heads": 6, "mlp_ratio": 4.0})
+  # DINOv2 (model.backbone=dinov2_vit{s,b,l,g}14[_reg]): the named size unless these are > 0
+  # (tiny models for tests and demos); img_size makes the position grid (518: DINOv2's)
+  c.model.dinov2 = ml_collections.ConfigDict(
+      {"embed_dim": 0, "depth": 0, "num_heads": 0, "img_size": 518,
+       "final_norm": True})            # the final LayerNorm (SALAD applies it, BoQ does not)
+  c.model.train_blocks = 0             # token backbones: only the last N blocks learn (SALAD
+                                       # 4, BoQ 2); 0: all blocks learn
+  # aggregations of today's place recognition models (models/aggregations.py)
+  c.model.salad = ml_collections.ConfigDict(
+      {"num_clusters": 64, "cluster_dim": 128, "token_dim": 256,   # 64 x 128 + 256 = 8448
+       "hidden": 512, "dropout": 0.3,  # its MLPs (dropout while training)
+       "out_dim": 0})                  # > 0: a linear layer to this size after SALAD (MegaLoc)
+  c.model.boq = ml_collections.ConfigDict(
+      {"proj_channels": 512, "num_queries": 64, "num_layers": 2, "row_dim": 32})
+  c.model.mixvpr = ml_collections.ConfigDict(
+      {"out_channels": 1024, "mix_depth": 4, "mlp_ratio": 1.0, "out_rows": 4})
 
   c.data = ml_collections.ConfigDict()
   c.data.root = "datasets"             # holds <name>/images/<split>/{database,queries}

@@ -13,9 +13,11 @@ import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax.numpy as jnp
 
-from vgssl_jax.models import backbones, deit, pooling
-from vgssl_jax.models.features import DESCRIBED, FEATURE_MAP, PREFIX, FeatureShapes
+from vgssl_jax.models import backbones, boq, deit, mixvpr, pooling, salad
+from vgssl_jax.models.features import DESCRIBED, FEATURE_MAP, PREFIX, Features, FeatureShapes
+from vgssl_jax.models.layers import Dense, l2_normalize
 
 
 def _no_check(model_config, shapes: FeatureShapes) -> None:
@@ -60,6 +62,45 @@ def _check_heads(mc, shapes) -> None:
                      f"backbone gives {shapes.prefix_tokens}")
 
 
+class ClsToken(nn.Module):
+  """The first class token, through an FC when fc_output_dim > 0, L2-normalised."""
+  fc_output_dim: int = 0
+
+  @nn.compact
+  def __call__(self, features: Features, train: bool = False):
+    del train
+    x = features.prefix[:, 0].astype(jnp.float32)
+    if self.fc_output_dim:
+      x = Dense(self.fc_output_dim, name="fc")(x)
+    return l2_normalize(x)
+
+
+def _check_salad(mc, shapes) -> None:
+  s = mc.salad
+  if min(s.num_clusters, s.cluster_dim, s.token_dim, s.hidden) < 1 or s.out_dim < 0:
+    raise ValueError("model.salad sizes (num_clusters, cluster_dim, token_dim, hidden) must be "
+                     ">= 1 and out_dim >= 0")
+  if not 0 <= s.dropout < 1:
+    raise ValueError(f"model.salad.dropout={s.dropout} must be in [0, 1)")
+  salad.check(s.num_clusters, shapes.map_hw[0] * shapes.map_hw[1])
+
+
+def _check_boq(mc, shapes) -> None:
+  del shapes
+  b = mc.boq
+  if min(b.num_queries, b.num_layers, b.row_dim) < 1:
+    raise ValueError("model.boq.num_queries, num_layers and row_dim must be >= 1")
+  boq.check(b.proj_channels)
+
+
+def _check_mixvpr(mc, shapes) -> None:
+  del shapes
+  m = mc.mixvpr
+  if min(m.out_channels, m.mix_depth, m.out_rows) < 1 or m.mlp_ratio <= 0:
+    raise ValueError("model.mixvpr.out_channels, mix_depth and out_rows must be >= 1 and "
+                     "mlp_ratio > 0")
+
+
 def _pooling(name: str) -> AggregationSpec:
   return AggregationSpec(
       name, (FEATURE_MAP,),
@@ -87,6 +128,32 @@ AGGREGATIONS: dict[str, AggregationSpec] = {
         size=lambda mc, shapes: mc.fc_output_dim,
         description="DeiT's cls and distillation heads, averaged (model.fc_output_dim wide)",
         check=_check_heads),
+    "cls": AggregationSpec(
+        "cls", (PREFIX,), build=lambda mc, shapes: ClsToken(mc.fc_output_dim),
+        size=lambda mc, shapes: mc.fc_output_dim or shapes.token_dim,
+        description="the cls token, FC when model.fc_output_dim > 0, L2"),
+    "salad": AggregationSpec(
+        "salad", (FEATURE_MAP, PREFIX),
+        build=lambda mc, shapes: salad.Salad(**mc.salad.to_dict()),
+        size=lambda mc, shapes: mc.salad.out_dim or (
+            mc.salad.token_dim + mc.salad.num_clusters * mc.salad.cluster_dim),
+        description="SALAD: Sinkhorn assignment of the patches to model.salad.num_clusters "
+                    "clusters, plus the cls token (64 x 128 + 256 = 8448)",
+        keys=("model.salad.",), check=_check_salad),
+    "boq": AggregationSpec(
+        "boq", (FEATURE_MAP,), build=lambda mc, shapes: boq.BoQ(**mc.boq.to_dict()),
+        size=lambda mc, shapes: mc.boq.proj_channels * mc.boq.row_dim,
+        description="Bag-of-Queries: learned queries attending to the map (proj_channels x "
+                    "row_dim)",
+        keys=("model.boq.",), check=_check_boq),
+    "mixvpr": AggregationSpec(
+        "mixvpr", (FEATURE_MAP,),
+        build=lambda mc, shapes: mixvpr.MixVPR(shapes.map_hw[0] * shapes.map_hw[1],
+                                               **mc.mixvpr.to_dict()),
+        size=lambda mc, shapes: mc.mixvpr.out_channels * mc.mixvpr.out_rows,
+        description="MixVPR: feature mixers over the map's positions (out_channels x out_rows; "
+                    "the training image size only)",
+        keys=("model.mixvpr.",), check=_check_mixvpr),
 }
 
 

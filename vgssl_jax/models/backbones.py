@@ -19,10 +19,10 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 
-from vgssl_jax.models import deit, local_tokens, resnet
-from vgssl_jax.models.features import FEATURE_MAP, PREFIX, Features, FeatureShapes
+from vgssl_jax.models import deit, dinov2, local_tokens, resnet
+from vgssl_jax.models.features import FEATURE_MAP, PREFIX, REGISTERS, Features, FeatureShapes
 from vgssl_jax.models.layers import Dtype
-from vgssl_jax.models.weights import timm_deit, torchvision
+from vgssl_jax.models.weights import dinov2_weights, timm_deit, torchvision
 from vgssl_jax.models.weights.original import OriginalNames
 
 # (features, the aggregation's parameters, num_local, (H, W)) -> (features (N, n, C),
@@ -30,8 +30,8 @@ from vgssl_jax.models.weights.original import OriginalNames
 LocalTokens = Callable[[Features, dict, int, tuple[int, int]], tuple[jax.Array, jax.Array]]
 
 
-def _no_check(model_config, image_size) -> None:
-  del model_config, image_size
+def _no_check(model_config, image_size, **args) -> None:
+  del model_config, image_size, args
 
 
 def _same(settings: dict) -> dict:
@@ -44,7 +44,8 @@ class BackboneFamily:
   names: str                                   # the valid names, for messages
   parse: Callable[[str], dict | None]          # name -> build arguments, None if not ours
   build: Callable[..., nn.Module]  # (model config, dtype, image size, **arguments) -> module
-  shapes: Callable[..., FeatureShapes]         # (model config, **arguments) -> what it gives
+  # (model config, training image size, **arguments) -> what it gives
+  shapes: Callable[..., FeatureShapes]
   default_aggregation: str                     # model.aggregation "" means this one
   # (weights file, network variables, training image size) -> variables with the
   # backbone (and what of the aggregation the file holds) replaced
@@ -54,8 +55,9 @@ class BackboneFamily:
   # (model config, image size) -> None; ValueError naming the setting if impossible
   check: Callable[..., None] = _no_check
   keys: tuple[str, ...] = ()                   # config keys (or sections) only it reads
-  # module paths not trained without model.unfreeze (the original freezes early layers)
-  frozen: tuple[str, ...] = ()
+  # (model config, **arguments) -> module paths of the backbone that do not learn (e.g. the
+  # early ResNet layers without model.unfreeze, as the original)
+  frozen: Callable[..., tuple[str, ...]] = lambda mc, **args: ()
   # stage 2: the token grid at (H, W) inputs, and the local tokens (None: it has none)
   token_grid: Callable[..., tuple[int, int]] | None = None
   local_tokens: LocalTokens | None = None
@@ -79,13 +81,18 @@ def _parse_resnet(name: str) -> dict | None:
   return {"depth": depth, "last_stage": last_stage}
 
 
-def _resnet_token_grid(model_config, image_size) -> tuple[int, int]:
-  """layer3's grid (stride 16; each stride-2 layer rounds up)."""
-  del model_config
+def _resnet_grid(image_size, halvings: int) -> tuple[int, int]:
+  """The map's grid after `halvings` stride-2 layers (each rounds up)."""
   h, w = image_size
-  for _ in range(4):  # conv1, max-pool, layer2, layer3
+  for _ in range(halvings):
     h, w = -(-h // 2), -(-w // 2)
   return h, w
+
+
+def _resnet_token_grid(model_config, image_size) -> tuple[int, int]:
+  """layer3's grid (stride 16: conv1, max-pool, layer2, layer3)."""
+  del model_config
+  return _resnet_grid(image_size, 4)
 
 
 def _resnet_local_tokens(features, aggregation_params, num_local, image_hw):
@@ -108,15 +115,16 @@ RESNET = BackboneFamily(
     name="resnet", names=resnet.VALID_NAMES, parse=_parse_resnet,
     build=lambda mc, dtype, image_size, depth, last_stage: resnet.ResNet(
         depth, last_stage, mc.width, dtype),
-    shapes=lambda mc, depth, last_stage: FeatureShapes(
-        (FEATURE_MAP,), map_channels=resnet.features_dim(depth, last_stage, mc.width)),
+    shapes=lambda mc, image_size, depth, last_stage: FeatureShapes(
+        (FEATURE_MAP,), map_channels=resnet.features_dim(depth, last_stage, mc.width),
+        map_hw=_resnet_grid(image_size, last_stage)),
     default_aggregation="gem",
     load_pretrained=lambda path, variables, image_size: torchvision.load_torchvision_backbone(
         path, variables),
     weights="torchvision's ImageNet ResNet weights (e.g. resnet50-0676ba61.pth)",
     original=torchvision.ORIGINAL_NAMES,
     keys=("model.width",),
-    frozen=("conv1", "bn1", "layer1", "layer2"),
+    frozen=lambda mc, **args: () if mc.unfreeze else ("conv1", "bn1", "layer1", "layer2"),
     token_grid=_resnet_token_grid, local_tokens=_resnet_local_tokens,
     check_local=_resnet_check_local,
     # bottleneck ResNets' 1x1 convolutions are matrix products (cpu_env)
@@ -161,7 +169,8 @@ def _deit_upgrade(settings: dict) -> dict:
 DEIT = BackboneFamily(
     name="deit", names="deit (DeiT-S distilled; sizes in model.vit)",
     parse=lambda name: {} if name == "deit" else None, build=_build_deit,
-    shapes=lambda mc: FeatureShapes((PREFIX,), token_dim=mc.vit.embed_dim, prefix_tokens=2),
+    shapes=lambda mc, image_size: FeatureShapes((PREFIX,), token_dim=mc.vit.embed_dim,
+                                                prefix_tokens=2),
     default_aggregation=deit.AGGREGATION,
     load_pretrained=lambda path, variables, image_size: timm_deit.load_timm_deit(
         path, variables, (image_size[0] // deit.PATCH, image_size[1] // deit.PATCH)),
@@ -174,7 +183,58 @@ DEIT = BackboneFamily(
     legacy_paths=(("net.backbone.head.", "net.aggregation.head."),
                   ("net.backbone.head_dist.", "net.aggregation.head_dist.")))
 
-FAMILIES: tuple[BackboneFamily, ...] = (RESNET, DEIT)
+# ----------------------------------------------------------------------------- DINOv2
+
+def _dinov2_size(mc, size: str) -> dinov2.Size:
+  """The named model's size, with model.dinov2's non-zero entries instead (tiny models)."""
+  named, d = dinov2.SIZES[size], mc.dinov2
+  return dinov2.Size(d.embed_dim or named.embed_dim, d.depth or named.depth,
+                     d.num_heads or named.num_heads, named.ffn)
+
+
+def _build_dinov2(mc, dtype, image_size, size, registers):
+  del image_size
+  s = _dinov2_size(mc, size)
+  return dinov2.DinoV2(s.embed_dim, s.depth, s.num_heads, s.ffn, registers, mc.dinov2.img_size,
+                       bool(mc.dinov2.final_norm), mc.train_blocks, dtype=dtype)
+
+
+def _check_dinov2(mc, image_size, size, registers):
+  del registers
+  h, w = image_size
+  if h % dinov2.PATCH or w % dinov2.PATCH:
+    raise ValueError(f"data.image_size={h},{w}: DINOv2 cuts 14x14 patches, so height and width "
+                     f"must be multiples of 14: the nearest are {dinov2.nearest_sizes(h)} for the "
+                     f"height and {dinov2.nearest_sizes(w)} for the width (the field evaluates "
+                     "DINOv2 models at 322,322)")
+  s = _dinov2_size(mc, size)
+  if s.embed_dim % s.num_heads or min(s.embed_dim, s.depth, s.num_heads) < 1:
+    raise ValueError(f"model.dinov2.embed_dim={s.embed_dim} must be a positive multiple of "
+                     f"model.dinov2.num_heads={s.num_heads}")
+  if not 0 <= mc.train_blocks <= s.depth:
+    raise ValueError(f"model.train_blocks={mc.train_blocks} must be in 0..{s.depth} (the last N "
+                     "blocks learn; 0: all)")
+  if mc.dinov2.img_size % dinov2.PATCH or mc.dinov2.img_size < dinov2.PATCH:
+    raise ValueError(f"model.dinov2.img_size={mc.dinov2.img_size} must be a multiple of 14 (the "
+                     "position grid of the weights: 518 for DINOv2's releases)")
+
+
+DINOV2 = BackboneFamily(
+    name="dinov2", names=dinov2.VALID_NAMES, parse=dinov2.parse, build=_build_dinov2,
+    shapes=lambda mc, image_size, size, registers: FeatureShapes(
+        (FEATURE_MAP, PREFIX) + ((REGISTERS,) if registers else ()),
+        map_channels=_dinov2_size(mc, size).embed_dim,
+        map_hw=(image_size[0] // dinov2.PATCH, image_size[1] // dinov2.PATCH),
+        token_dim=_dinov2_size(mc, size).embed_dim, prefix_tokens=1, registers=registers),
+    default_aggregation="gem",
+    load_pretrained=lambda path, variables, image_size: dinov2_weights.load_dinov2(path, variables),
+    weights="DINOv2's released weights (e.g. dinov2_vitb14_pretrain.pth)",
+    original=dinov2_weights.ORIGINAL_NAMES,
+    check=_check_dinov2, keys=("model.dinov2.", "model.train_blocks"),
+    frozen=lambda mc, size, registers: dinov2.frozen_paths(_dinov2_size(mc, size).depth,
+                                                          mc.train_blocks, registers))
+
+FAMILIES: tuple[BackboneFamily, ...] = (RESNET, DEIT, DINOV2)
 
 
 def family(name: str) -> tuple[BackboneFamily, dict]:
@@ -195,16 +255,16 @@ def aggregation_name(model_config) -> str:
   return fam.default_aggregation
 
 
-def shapes(model_config) -> FeatureShapes:
-  """What the configured backbone gives, with its sizes."""
+def shapes(model_config, image_size) -> FeatureShapes:
+  """What the configured backbone gives at (H, W) training inputs, with its sizes."""
   fam, args = family(model_config.backbone)
-  return fam.shapes(model_config, **args)
+  return fam.shapes(model_config, tuple(image_size), **args)
 
 
 def check(model_config, image_size) -> None:
   """ValueError naming the setting when the backbone cannot take this config."""
-  fam, _ = family(model_config.backbone)
-  fam.check(model_config, tuple(image_size))
+  fam, args = family(model_config.backbone)
+  fam.check(model_config, tuple(image_size), **args)
 
 
 def token_grid(model_config, image_size) -> tuple[int, int]:
@@ -229,8 +289,8 @@ def check_local(model_config, spec) -> None:
 def frozen_modules(model_config) -> tuple[str, ...]:
   """Paths of the backbone modules that do not train ("backbone/conv1", ...; all train with
   model.unfreeze, as VG-SSL's runs)."""
-  fam, _ = family(model_config.backbone)
-  return () if model_config.unfreeze else tuple(f"backbone/{m}" for m in fam.frozen)
+  fam, args = family(model_config.backbone)
+  return tuple(f"backbone/{m}" for m in fam.frozen(model_config, **args))
 
 
 def build_backbone(model_config, dtype: Dtype, image_size: tuple[int, int]) -> nn.Module:

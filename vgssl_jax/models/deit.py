@@ -43,18 +43,20 @@ def resize_grid(tokens: jax.Array, old: tuple[int, int], new: tuple[int, int]) -
 
 
 class PatchProjection(nn.Module):
-  """timm's `patch_embed.proj`: a 16x16 stride-16 convolution with bias, here the equal
-  matrix product over each patch's pixels. (N, h*w, 16*16*C) patches -> (N, h*w, D)."""
+  """timm's `patch_embed.proj`: a p x p stride-p convolution with bias, here the equal
+  matrix product over each patch's pixels. (N, h*w, p*p*C) patches -> (N, h*w, D)."""
   embed_dim: int
   channels: int = 3
   dtype: Dtype = jnp.float32
+  patch: int = PATCH
 
   @nn.compact
   def __call__(self, patches: jax.Array) -> jax.Array:
-    fan_in = PATCH * PATCH * self.channels
+    p = self.patch
+    fan_in = p * p * self.channels
     bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default Conv2d init
     kernel = self.param("kernel", nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-                        (PATCH, PATCH, self.channels, self.embed_dim), jnp.float32)
+                        (p, p, self.channels, self.embed_dim), jnp.float32)
     bias = self.param("bias", lambda k, s, d: jax.random.uniform(k, s, d, -bound, bound),
                       (self.embed_dim,), jnp.float32)
     kernel = kernel.reshape(fan_in, self.embed_dim).astype(self.dtype)
@@ -62,18 +64,20 @@ class PatchProjection(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-  """(N, H, W, C) -> (N, H/16 * W/16, D), patches in row-major order (as torch's
+  """(N, H, W, C) -> (N, H/p * W/p, D), patches in row-major order (as torch's
   flatten(2).transpose(1, 2) of the convolution's output)."""
   embed_dim: int
   dtype: Dtype = jnp.float32
+  patch: int = PATCH
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
-    gh, gw = h // PATCH, w // PATCH
-    patches = x.reshape(n, gh, PATCH, gw, PATCH, c).transpose(0, 1, 3, 2, 4, 5)
-    patches = patches.reshape(n, gh * gw, PATCH * PATCH * c)
-    return PatchProjection(self.embed_dim, c, self.dtype, name="proj")(patches)
+    p = self.patch
+    gh, gw = h // p, w // p
+    patches = x[:, :gh * p, :gw * p].reshape(n, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(n, gh * gw, p * p * c)
+    return PatchProjection(self.embed_dim, c, self.dtype, self.patch, name="proj")(patches)
 
 
 def _norm(name: str | None = None) -> nn.LayerNorm:
@@ -277,7 +281,8 @@ class DistilledHeads(nn.Module):
   num_classes: int
 
   @nn.compact
-  def __call__(self, features: Features) -> jax.Array:
+  def __call__(self, features: Features, train: bool = False) -> jax.Array:
+    del train
     x = features.prefix
     head = dict(dtype=jnp.float32, kernel_init=trunc_normal, bias_init=nn.initializers.zeros)
     a = Dense(self.num_classes, name="head", **head)(x[:, 0])

@@ -45,6 +45,7 @@ class FeatureShapes:
   outputs, the map's channels, the tokens' width, how many prefix and register tokens."""
   outputs: tuple[str, ...]
   map_channels: int = 0
+  map_hw: tuple[int, int] = (0, 0)   # the map's grid at the training image size
   token_dim: int = 0
   prefix_tokens: int = 0
   registers: int = 0

@@ -66,7 +66,7 @@ class GeoLocalizationNet(nn.Module):
       # two fused, XLA's CPU compiler produced NaN descriptors for batches of 128 (jax
       # 0.12.0.1; tests/test_models.py checks it). The barrier costs one buffer.
       features = features.map_arrays(jax.lax.optimization_barrier)
-    descriptor = self.aggregation(features)
+    descriptor = self.aggregation(features, train)
     out = {"descriptor": descriptor}
     if feature_map:  # the backbone's map (NetVLAD's k-means initialisation samples it)
       out["feature_map"] = features.feature_map.astype(jnp.float32)
@@ -106,7 +106,7 @@ def build_model(model_config, projector_family: str, image_size) -> GeoLocalizat
   dtype = DTYPES[mc.dtype]
   fam, _ = backbones.family(mc.backbone)
   backbone = backbones.build_backbone(mc, dtype, tuple(image_size))
-  aggregation, size = aggregations.build_aggregation(mc, backbones.shapes(mc))
+  aggregation, size = aggregations.build_aggregation(mc, backbones.shapes(mc, image_size))
   projector = (Projector(projector_family, mc.n_layers, mc.projection_size, dtype)
                if projector_family else Projector("vicreg", 0, mc.projection_size, dtype))
   local = {}

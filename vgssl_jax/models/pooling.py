@@ -145,7 +145,8 @@ class Pooling(nn.Module):
   clusters: int = 64
 
   @nn.compact
-  def __call__(self, features: Features | jax.Array) -> jax.Array:
+  def __call__(self, features: Features | jax.Array, train: bool = False) -> jax.Array:
+    del train
     x = features.feature_map if isinstance(features, Features) else features
     x = x.astype(jnp.float32)
     if self.kind == "netvlad":

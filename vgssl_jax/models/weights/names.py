@@ -23,7 +23,12 @@ _PARAM_NAMES = {"scale": "weight", "bias": "bias", "kernel": "weight", "p": "p",
                 "centroids": "centroids",  # NetVLAD
                 # R2Former's tokens, unused position embedding and score mixing ratio
                 "cls_token_2": "cls_token_2", "decoder_pos_embed": "decoder_pos_embed",
-                "ratio": "ratio"}
+                "ratio": "ratio",
+                # DINOv2's LayerScale, register and mask tokens
+                "gamma": "gamma", "register_tokens": "register_tokens", "mask_token": "mask_token",
+                # torch's nn.MultiheadAttention (BoQ), BoQ's queries, SALAD's dust bin
+                "in_proj_weight": "in_proj_weight", "in_proj_bias": "in_proj_bias",
+                "queries": "queries", "dust_bin": "dust_bin"}
 _STAT_NAMES = {"mean": "running_mean", "var": "running_var"}
 
 

@@ -24,13 +24,12 @@ from vgssl_jax.models.weights.files import load_state_dict
 from vgssl_jax.models.weights.names import from_torch_state, replace_subtrees, subtrees
 from vgssl_jax.models.weights.original import OriginalNames, renamed
 
-_DEIT_HINTS = ("cls_token", "dist_token", "pos_embed", "patch_embed.", "blocks.")
 _HEADS = (("backbone.head.", "aggregation.head."), ("backbone.head_dist.", "aggregation.head_dist."))
 
 
 def is_deit_state(state) -> bool:
-  """Whether a state dict holds a DeiT (cls/dist tokens, position embedding, blocks)."""
-  return any(k.removeprefix("backbone.").startswith(_DEIT_HINTS) for k in state)
+  """Whether a state dict holds a DeiT distilled (its dist token)."""
+  return any(k.removeprefix("backbone.") == "dist_token" for k in state)
 
 
 def original_to_ours(key: str) -> str:
