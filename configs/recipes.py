@@ -155,9 +155,47 @@ def stage2(job: str) -> ml_collections.ConfigDict:
   return c
 
 
+# Today's published models: (backbone, aggregation, evaluation size, blocks trained, final
+# norm, the aggregation's settings). The evaluation sizes are the authors' (the field's recall
+# tables use them); docs/vpr_models.md.
+PUBLISHED = {
+    "salad_dinov2": ("dinov2_vitb14", "salad", (322, 322), 4, True, {}),
+    "megaloc": ("dinov2_vitb14", "salad", (322, 322), 4, True,
+                {"cluster_dim": 256, "token_dim": 256, "out_dim": 8448}),
+    "boq_dinov2": ("dinov2_vitb14", "boq", (322, 322), 2, False,
+                   {"proj_channels": 384, "num_queries": 64, "num_layers": 2, "row_dim": 32}),
+    "boq_resnet50": ("resnet50conv4", "boq", (384, 384), 0, True,
+                     {"proj_channels": 512, "num_queries": 64, "num_layers": 2, "row_dim": 32}),
+    "mixvpr_resnet50": ("resnet50conv4", "mixvpr", (320, 320), 0, True,
+                        {"out_channels": 1024, "mix_depth": 4, "mlp_ratio": 1.0,
+                         "out_rows": 4}),
+}
+
+
+def published(model: str) -> ml_collections.ConfigDict:
+  """The network of a published model (SALAD, MegaLoc, BoQ with DINOv2 or ResNet-50,
+  MixVPR) at its authors' evaluation size, for scoring its release with
+  `vgssl_jax.evaluate --checkpoint <file>`. No FC and no projector: the aggregation's output
+  is the descriptor. Training from it fine-tunes with the triplet loss on MSLS (partial
+  mining, 4 queries x 10 negatives, Adam 1e-5), DINOv2 with only its last blocks learning
+  as the authors train; the GSV-Cities recipes with the multi-similarity loss are their
+  own configs."""
+  backbone, aggregation, size, train_blocks, final_norm, settings = PUBLISHED[model]
+  c = supervised("triplet", "msls", backbone)
+  c.model.aggregation, c.model.fc_output_dim = aggregation, 0
+  c.model.train_blocks, c.model.dinov2.final_norm = train_blocks, final_norm
+  c.model[aggregation].update(settings)
+  c.data.image_size = size
+  t = c.train
+  t.mining, t.neg_samples_num, t.negs_num_per_query = "partial", 1000, 10
+  t.lr, t.batch_size, t.infer_batch_size = 1e-5, 4, 32
+  c.eval.split = "val"
+  return c
+
+
 RECIPES = {"msls_final": msls_final, "supervised": supervised,
            "finetune_pitts30k": finetune_pitts30k, "triplet_msls": triplet_msls,
-           "stage2": stage2}
+           "stage2": stage2, "published": published}
 
 
 def get_config(arg: str = "msls_final,vicreg") -> ml_collections.ConfigDict:

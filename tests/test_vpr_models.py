@@ -313,7 +313,7 @@ def test_dinov2_pipelines_equal_the_official_models(name):
     net = build_model(mc, None, images.shape[1:3])
     template = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), images, False))
     template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), dict(template))
-    variables, report = releases.import_release(release, state, template, "dinov2", mc)
+    variables, report = releases.import_release(release, state, template, mc)
     assert report["layout"] == release.name
     out, inter = jax.jit(lambda v, x: net.apply(
         v, x, False, project=False, feature_map=True, mutable=["intermediates"]))(

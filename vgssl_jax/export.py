@@ -4,9 +4,12 @@ r"""Exports a trained retrieval network (backbone + aggregation) for use outside
 
 --checkpoint: a run's workdir, its checkpoints/ folder or one step folder (the best step by
 validation recall@5, else the latest). --out: `.safetensors` or `.npz`. Names are
-torchvision's under `backbone.` plus `aggregation.gem.p` and `aggregation.fc.{weight,bias}`,
-in PyTorch layouts (see vgssl_jax.models.weights.export). A .safetensors header also holds
-the method, model settings and image size (read_export_metadata).
+torchvision's under `backbone.` plus `aggregation.gem.p` and `aggregation.fc.{weight,bias}`
+(a DeiT's and a DINOv2's official names under `backbone.`), in PyTorch layouts (see
+vgssl_jax.models.weights.export); a network with the layout of a published release (DINOv2
++ SALAD, MegaLoc, BoQ, MixVPR) is written with that release's names
+(vgssl_jax.models.weights.releases). A .safetensors header also holds the method, model
+settings and image size (read_export_metadata).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from vgssl_jax.models.weights import export as weights_export
 from vgssl_jax.objectives.registry import build_network
 from vgssl_jax import checkpoints
 from vgssl_jax.models import backbones
+from vgssl_jax.models.weights import releases
 
 
 def export(checkpoint: str, out: str) -> dict:
@@ -50,9 +54,8 @@ def export(checkpoint: str, out: str) -> dict:
               "model": {**backbones.upgrade_settings(meta["model"]),
                         "aggregation": model_config.aggregation},
               "image_size": list(image_size)}
-  family, _ = backbones.family(model_config.backbone)
   state = weights_export.export_descriptor_model(variables, out, metadata,
-                                                 family.original.to_original)
+                                                 releases.official_names(model_config))
   logging.info("exported step %d of %s to %s: %s", step, directory, out,
                weights_export.summarize(state))
   return state

@@ -1,5 +1,6 @@
 """The model an evaluation scores: as initialised, from one of our runs, or from a weights
-file (a VG-SSL PyTorch checkpoint or one of our exports)."""
+file (a VG-SSL PyTorch checkpoint, one of our exports, or a published release: SALAD,
+MegaLoc, BoQ, MixVPR)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from vgssl_jax import sharding
 from vgssl_jax.errors import ConfigError
 from vgssl_jax.models.network import init_variables
 from vgssl_jax.models.weights import export as weights_export
-from vgssl_jax.models.weights import vgssl
+from vgssl_jax.models.weights import importer
 from vgssl_jax.models.weights.files import is_weight_file, load_state_dict
 from vgssl_jax import checkpoints
 
@@ -26,8 +27,7 @@ def load_variables(config, checkpoint: str | None, model, mesh) -> tuple[dict, d
                         out_shardings=sharding.replicated(mesh))()
     if checkpoint is None:
       return variables, {"checkpoint": None, "note": "model as initialised (baseline)"}
-    variables = vgssl.import_vgssl_checkpoint(checkpoint, jax.device_get(variables),
-                                              config.model.backbone)
+    variables = importer.import_file(checkpoint, jax.device_get(variables), config.model)
     return (jax.device_put(variables, sharding.replicated(mesh)),
             {"checkpoint": checkpoint, "note": "imported weights file"})
   template = abstract_variables(model, image_size)
@@ -46,9 +46,9 @@ def check_checkpoint(config, checkpoint: str, model) -> None:
   """Raises ConfigError unless `checkpoint` can give `model`'s weights: a weights file is
   read and matched against the network's shapes, a run's folder must hold a checkpoint."""
   if is_weight_file(checkpoint):
-    _, report = vgssl.import_vgssl_state(load_state_dict(checkpoint),
-                                         abstract_variables(model, config.data.image_size),
-                                         config.model.backbone)
+    _, report = importer.import_state(load_state_dict(checkpoint),
+                                      abstract_variables(model, config.data.image_size),
+                                      config.model)
     has_reranker = "Reranker" in report["stage2"]
   else:
     _, _, meta = checkpoints.read_meta(checkpoint)
@@ -78,8 +78,9 @@ def adopt_checkpoint_model(config, checkpoint: str) -> tuple[int, int]:
   with config.unlocked():
     for key in recorded:
       if config.model[key] != recorded[key]:
-        logging.info("model.%s = %r from the checkpoint (config had %r)", key, recorded[key],
-                     config.model[key])
+        plain = lambda v: v.to_dict() if hasattr(v, "to_dict") else v  # noqa: E731
+        logging.info("model.%s = %r from the checkpoint (config had %r)", key,
+                     plain(recorded[key]), plain(config.model[key]))
     config.model = recorded
     config.method = meta["method"]
   return tuple(meta.get("image_size") or config.data.image_size)

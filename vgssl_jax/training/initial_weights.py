@@ -19,7 +19,7 @@ from vgssl_jax.evaluation.embedder import Embedder
 from vgssl_jax.models import aggregations, backbones
 from vgssl_jax.models.network import init_variables
 from vgssl_jax.models.pooling import netvlad_init_params
-from vgssl_jax.models.weights import vgssl
+from vgssl_jax.models.weights import importer
 from vgssl_jax.models.weights.files import is_weight_file, load_state_dict
 from vgssl_jax.models.weights.names import replace_subtrees, subtrees
 from vgssl_jax.objectives.registry import build_network
@@ -73,12 +73,11 @@ def load_init_from(path: str, config, variables: dict) -> tuple[dict, tuple[str,
 
   `path`: one of our runs (its workdir, checkpoints/ or a step folder: the best checkpoint
   by validation, else the latest) or a weights file (a VG-SSL checkpoint of train_ssl.py or
-  train.py, or one of our exports). A re-ranking network also takes the local head and the
+  train.py, one of our exports, or a published release such as SALAD's). A re-ranking network also takes the local head and the
   R2Former when `path` has them (stage 2's jobs (d), (e)); the projector and anything else
   stay as initialised."""
   if is_weight_file(path):
-    loaded, report = vgssl.import_vgssl_state(load_state_dict(path), variables,
-                                              config.model.backbone)
+    loaded, report = importer.import_state(load_state_dict(path), variables, config.model)
     return loaded, ("backbone", "aggregation", *report["stage2"])
   directory, step, meta, theirs = _run_network(path, config)
   image_size = tuple(meta.get("image_size") or config.data.image_size)
@@ -130,7 +129,7 @@ def check_init_from(config, abstract: dict) -> None:
   exists, and a weights file fits the network's shapes or a run has the same network."""
   path = config.train.init_from
   if is_weight_file(path):
-    vgssl.import_vgssl_state(load_state_dict(path), abstract, config.model.backbone)
+    importer.import_state(load_state_dict(path), abstract, config.model)
   else:
     _run_network(path, config)
 

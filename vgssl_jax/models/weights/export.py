@@ -24,7 +24,8 @@ def descriptor_state(variables: dict, to_original=lambda name: name) -> State:
   layout}, each name through `to_original` (the backbone family's original names)."""
   host = jax.device_get(subtrees(variables, ("backbone", "aggregation")))
   state = to_torch_state(host["params"], host["batch_stats"])
-  return {to_original(k): np.ascontiguousarray(v) for k, v in state.items()}
+  # np.require keeps 0-d tensors 0-d (SALAD's dust bin); ascontiguousarray would make them 1-d
+  return {to_original(k): np.require(v, requirements="C") for k, v in state.items()}
 
 
 def check_export_path(path: str) -> None:

@@ -82,19 +82,20 @@ def listed(names, limit: int = _MAX_LISTED) -> str:
   return ", ".join(names[:limit]) + more
 
 
-def from_torch_state(state: dict, template: dict, hint: str = "") -> dict:
+def from_torch_state(state: dict, template: dict, hint: str = "",
+                     shown=lambda name: name) -> dict:
   """Flax variables ({"params", "batch_stats"} shaped like `template`) from torch-named arrays.
 
   The inverse of `to_torch_state`: names must match exactly (`num_batches_tracked`
   is ignored) and shapes after transposition too, else a ConfigError lists the missing,
-  unexpected and mismatched keys. Arrays are cast to the template's dtypes; the result
-  holds NumPy arrays.
+  unexpected and mismatched keys (each through `shown`: the names the user's file has).
+  Arrays are cast to the template's dtypes; the result holds NumPy arrays.
   """
   layout = torch_layout(template)
   given = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-  missing = [k for k in layout if k not in given]
-  unexpected = [k for k in given if k not in layout]
-  mismatched = [f"{k} {tuple(np.shape(given[k]))} (expected {layout[k][2]})"
+  missing = [shown(k) for k in layout if k not in given]
+  unexpected = [shown(k) for k in given if k not in layout]
+  mismatched = [f"{shown(k)} {tuple(np.shape(given[k]))} (expected {layout[k][2]})"
                 for k in layout if k in given and tuple(np.shape(given[k])) != layout[k][2]]
   if missing or unexpected or mismatched:
     parts = [f"{len(missing)} missing: {listed(missing)}" if missing else "",

@@ -19,14 +19,14 @@ listed. Our own names are the Flax paths (`backbone.*`, `aggregation.*`, see nam
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable
 
 from vgssl_jax.errors import ConfigError
+from vgssl_jax.models import backbones
 from vgssl_jax.models.weights import dinov2_weights, torchvision
 from vgssl_jax.models.weights.files import State
 from vgssl_jax.models.weights.original import renamed
-from vgssl_jax.models.weights.names import (from_torch_state, listed, replace_subtrees,
+from vgssl_jax.models.weights.names import (from_torch_state, replace_subtrees,
                                            subtrees)
 
 # BoQ's ResNet: nn.Sequential(conv1, bn1, relu, maxpool, layer1, layer2, layer3)
@@ -35,6 +35,12 @@ _SEQUENTIAL = tuple((f"{i}.", f"{name}.") for i, name in torchvision.SEQUENTIAL_
 
 def _same(key: str) -> str:
   return key
+
+
+def _dinov2(state: State, target: dict) -> State:
+  state = dinov2_weights.with_optional(state, target)
+  dinov2_weights.check_grid(state, target)
+  return state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +56,9 @@ class Release:
   backbone_official: Callable[[str], str] = _same    # ours -> official (export)
   # which of the family's networks: e.g. SALAD with a linear layer after it is MegaLoc
   fits: Callable[..., bool] = lambda model_config: True
+  # (state in our names, target variables) -> the state completed and checked (DINOv2:
+  # the mask token some releases lack; the position grid)
+  prepare: Callable[[State, dict], State] = lambda state, target: state
 
   def recognises(self, state: State) -> bool:
     return self.marker in state
@@ -73,12 +82,12 @@ RELEASES: tuple[Release, ...] = (
     Release("MegaLoc", "configs/megaloc.py", "dinov2", "salad", "aggregator.linear.weight",
             {"backbone.": "backbone.", "aggregator.agg.": "aggregation.",
              "aggregator.linear.": "aggregation.linear."},
-            fits=lambda mc: bool(mc.salad.out_dim)),
+            fits=lambda mc: bool(mc.salad.out_dim), prepare=_dinov2),
     Release("SALAD", "configs/salad_dinov2.py", "dinov2", "salad", "aggregator.dust_bin",
             {"backbone.model.": "backbone.", "aggregator.": "aggregation."},
-            fits=lambda mc: not mc.salad.out_dim),
+            fits=lambda mc: not mc.salad.out_dim, prepare=_dinov2),
     Release("BoQ (DINOv2)", "configs/boq_dinov2.py", "dinov2", "boq", "backbone.dino.cls_token",
-            {"backbone.dino.": "backbone.", "aggregator.": "aggregation."}),
+            {"backbone.dino.": "backbone.", "aggregator.": "aggregation."}, prepare=_dinov2),
     Release("BoQ (ResNet-50)", "configs/boq_resnet50.py", "resnet", "boq", "backbone.net.0.weight",
             {"backbone.net.": "backbone.", "aggregator.": "aggregation."},
             backbone_names=renamed(_SEQUENTIAL),
@@ -87,6 +96,11 @@ RELEASES: tuple[Release, ...] = (
             "aggregator.mix.0.mix.0.weight",
             {"backbone.model.": "backbone.", "aggregator.": "aggregation."}),
 )
+
+
+def _salad_out(model_config) -> str:
+  out = model_config.salad.out_dim
+  return f" (model.salad.out_dim={out})" if out else ""
 
 
 def recognise(state: State) -> Release | None:
@@ -100,17 +114,27 @@ def release_for(family: str, aggregation: str, model_config) -> Release | None:
                and r.fits(model_config)), None)
 
 
-def import_release(release: Release, state: State, variables: dict, family: str,
-                   model_config) -> tuple[dict, dict]:
-  """(variables with backbone and aggregation from `state`, a report) for a network of
-  `family` and model_config.aggregation; ConfigError naming the config to use when the
-  network is not the release's, or listing the tensors that do not fit."""
-  if (release.family, release.aggregation) != (family, model_config.aggregation) or \
+def official_names(model_config) -> Callable[[str], str]:
+  """Our export name -> the name an export of this network is written with: its release's
+  (a DINOv2 + SALAD network comes out as a SALAD release), else its family's original."""
+  family, _ = backbones.family(model_config.backbone)
+  release = release_for(family.name, backbones.aggregation_name(model_config), model_config)
+  return release.to_official if release else family.original.to_original
+
+
+def import_release(release: Release, state: State, variables: dict, model_config
+                   ) -> tuple[dict, dict]:
+  """(variables with backbone and aggregation from `state`, a report) for the network
+  model_config describes; ConfigError naming the config to use when the network is not the
+  release's, or listing the tensors that do not fit."""
+  family, _ = backbones.family(model_config.backbone)
+  aggregation = backbones.aggregation_name(model_config)
+  if (release.family, release.aggregation) != (family.name, aggregation) or \
       not release.fits(model_config):
     raise ConfigError(f"this is a {release.name} checkpoint (a {release.family} backbone with "
                       f"{release.aggregation}), but the config describes model.backbone="
-                      f"{model_config.backbone} with model.aggregation={model_config.aggregation}:"
-                      f" use --config {release.config}.")
+                      f"{model_config.backbone} with model.aggregation={aggregation}"
+                      f"{_salad_out(model_config)}: use --config {release.config}.")
   ours, ignored = {}, []
   for key, value in state.items():
     name = release.to_ours(key)
@@ -119,14 +143,11 @@ def import_release(release: Release, state: State, variables: dict, family: str,
     else:
       ours[name] = value
   target = subtrees(variables, ("backbone", "aggregation"))
-  if family == "dinov2":
-    ours = dinov2_weights.with_optional(ours, target)
-    dinov2_weights.check_grid(ours, target)
+  ours = release.prepare(ours, target)
   hint = (f"Check the config against {release.config} (the sizes of model.{release.aggregation} "
           "and the backbone).")
-  loaded = from_torch_state(ours, target, hint)
-  if ignored:
-    logging.info("%s checkpoint: ignored %d tensors outside backbone and aggregator: %s",
-                 release.name, len(ignored), listed(ignored, 5))
-  return replace_subtrees(variables, loaded), {"layout": release.name, "stage2": [],
-                                               "loaded": {k: k for k in ours}, "ignored": {}}
+  loaded = from_torch_state(ours, target, hint, shown=release.to_official)
+  report = {"layout": release.name, "stage2": [],
+            "loaded": {k: release.to_official(k) for k in ours},
+            "ignored": {"outside backbone and aggregator": ignored} if ignored else {}}
+  return replace_subtrees(variables, loaded), report

@@ -186,11 +186,17 @@ def import_vgssl_checkpoint(path: str, variables: dict, backbone: str | None = N
   The loaded subtrees hold NumPy arrays (place them with jax.device_put).
   """
   variables, report = import_vgssl_state(load_state_dict(path), variables, backbone)
+  log_report(path, report)
+  return variables
+
+
+def log_report(path: str, report: dict) -> None:
+  """Logs what an import loaded (backbone count, aggregation tensors) and ignored."""
   loaded = report["loaded"]
-  n_backbone = sum(k.startswith("backbone.") for k in loaded)
-  logging.info("imported %s (%s layout): %d backbone tensors, %s",
-               path, report["layout"], n_backbone,
-               ", ".join(f"{k} <- {v}" for k, v in loaded.items() if k.startswith("aggregation.")))
+  aggregation = [f"{k} <- {v}" for k, v in loaded.items() if k.startswith("aggregation.")]
+  logging.info("imported %s (%s layout): %d backbone tensors, %s", path, report["layout"],
+               sum(k.startswith("backbone.") for k in loaded),
+               ", ".join(aggregation) if len(aggregation) <= 4 else
+               f"{len(aggregation)} aggregation tensors")
   for reason, keys in report["ignored"].items():
     logging.info("  ignored %d %s tensors", len(keys), reason)
-  return variables
