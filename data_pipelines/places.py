@@ -156,8 +156,8 @@ class PlaceDataset:
 
   @property
   def has_gps(self) -> bool:
-    """False where coordinates are withheld (the MSLS test split: NaN), so nothing can be
-    scored locally."""
+    """False where coordinates are withheld (the MSLS test split: NaN) or unknown (folders
+    of images without `@` names), so nothing can be scored locally."""
     return bool(np.isfinite(self.database_utms).all() and np.isfinite(self.queries_utms).all())
 
   @property
@@ -236,6 +236,55 @@ def load_at_dataset(root: str, name: str, split: str) -> PlaceDataset:
       queries_paths=tuple(os.path.relpath(p, base) for p in parts["queries"]),
       database_utms=formats.parse_utms(parts["database"]),
       queries_utms=formats.parse_utms(parts["queries"]))
+
+
+def _folder_images(folder: str, setting: str) -> list[str]:
+  if not os.path.isdir(folder):
+    raise DatasetError(f"{setting}={folder}: {os.path.abspath(folder)} is not a folder; give the "
+                       "folder that holds the images (searched recursively).")
+  paths = list_images(folder)
+  if not paths:
+    raise DatasetError(f"{setting}={folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+  return paths
+
+
+def _folder_utms(paths: list[str], setting: str) -> np.ndarray | None:
+  """(N, 2) UTMs of `@`-named images; None when no name carries coordinates; a
+  DatasetError naming a file when only some do."""
+  labelled = [os.path.basename(p).startswith("@") for p in paths]
+  if not any(labelled):
+    return None
+  if not all(labelled):
+    bad = paths[labelled.index(False)]
+    raise DatasetError(f"{setting}: {bad} has no `@` coordinates but other images there do; "
+                       "name every image in the `@` format, or none (retrieval without labels).")
+  return formats.parse_utms(paths)
+
+
+def load_folders(database_folder: str, queries_folder: str, name: str = "folders",
+                 settings: tuple[str, str] = ("database_folder", "queries_folder")
+                 ) -> PlaceDataset:
+  """Two folders of images, without the `<root>/<name>/images/<split>` layout: the
+  database and the queries. With `@`-format names they carry coordinates (scored by
+  recall@N); images without coordinates in both folders give a split without labels
+  (NaN coordinates: has_gps False, predictions and descriptors only). `settings` name the
+  two folders in messages."""
+  db = _folder_images(database_folder, settings[0])
+  q = _folder_images(queries_folder, settings[1])
+  db_utms, q_utms = _folder_utms(db, settings[0]), _folder_utms(q, settings[1])
+  if (db_utms is None) != (q_utms is None):
+    which = settings[0] if db_utms is None else settings[1]
+    raise DatasetError(f"{which} has images without `@` coordinates while the other folder's "
+                       "have them: recall needs both labelled; rename them or use two folders "
+                       "without coordinates (predictions only).")
+  if db_utms is None:
+    db_utms, q_utms = np.full((len(db), 2), np.nan), np.full((len(q), 2), np.nan)
+  root = os.path.commonpath([os.path.abspath(database_folder), os.path.abspath(queries_folder)])
+  return PlaceDataset(
+      name=name, split="folders", root=root,
+      database_paths=tuple(os.path.relpath(os.path.abspath(p), root) for p in db),
+      queries_paths=tuple(os.path.relpath(os.path.abspath(p), root) for p in q),
+      database_utms=db_utms, queries_utms=q_utms)
 
 
 @dataclasses.dataclass(frozen=True)

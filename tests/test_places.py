@@ -79,6 +79,34 @@ def test_dataset_errors_name_the_problem(tmp_path):
     places.load_at_dataset(root, "mini", "test")
 
 
+def test_two_folders_with_and_without_coordinates(tmp_path):
+  db, q = str(tmp_path / "shots" / "db"), str(tmp_path / "mine" / "q")
+  _write(db, [(0, 0), (5, 0), (100, 0)])
+  _write(os.path.join(q, "sub"), [(1, 0), (99, 0)])   # searched recursively
+  ds = places.load_folders(db, q)
+  assert ds.has_gps and ds.num_database == 3 and ds.num_queries == 2
+  assert ds.root == str(tmp_path) and ds.queries_paths[0].startswith(os.path.join("mine", "q"))
+  assert [ds.positives(25.0)[i].tolist() for i in range(2)] == [[0, 1], [2]]
+  plain_db, plain_q = tmp_path / "plain_db", tmp_path / "plain_q"
+  for folder, names in ((plain_db, ("a.jpg", "b.png")), (plain_q, ("c.jpg",))):
+    folder.mkdir()
+    for name in names:
+      (folder / name).write_bytes(b"x")
+  ds = places.load_folders(str(plain_db), str(plain_q))
+  assert not ds.has_gps and ds.num_database == 2 and ds.database_paths == (
+      os.path.join("plain_db", "a.jpg"), os.path.join("plain_db", "b.png"))
+  with pytest.raises(places.DatasetError, match="no `@` coordinates but other images"):
+    (tmp_path / "shots" / "db" / "IMG_1.jpg").write_bytes(b"x")
+    places.load_folders(db, q)
+  with pytest.raises(places.DatasetError, match="queries_folder has images without `@`"):
+    places.load_folders(str(tmp_path / "mine"), str(plain_q))
+  with pytest.raises(places.DatasetError, match="database_folder=.*is not a folder"):
+    places.load_folders(str(tmp_path / "nowhere"), q)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(places.DatasetError, match="queries_folder=.*holds no images"):
+    places.load_folders(db, str(tmp_path / "empty"))
+
+
 def test_neighbors_contains_matches_a_python_loop():
   rng = np.random.default_rng(5)
   rows = [sorted(set(rng.integers(0, 30, rng.integers(0, 6)).tolist())) for _ in range(12)]

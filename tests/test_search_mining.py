@@ -35,6 +35,22 @@ def test_device_knn_chunks_and_small_database():
   np.testing.assert_array_equal(idx, numpy_knn(q, db, 5)[1])
 
 
+def test_device_knn_in_database_blocks_equals_one_search():
+  """Large descriptors search the database in blocks (bounded memory); the merged top k is
+  the float64 reference's, and equal distances keep the lower index across blocks."""
+  rng = np.random.default_rng(2)
+  db = rng.normal(size=(203, 24)).astype(np.float32)
+  q = rng.normal(size=(37, 24)).astype(np.float32)
+  want_d, want_i = numpy_knn(q, db, 15)
+  for rows in (7, 50, 202):
+    dist, idx = search.device_knn(q, db, 15, chunk=16, block_rows=rows)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-4, atol=1e-4)
+  twins = np.concatenate([db[:5], db[:5], db[:5]])      # every row three times
+  _, idx = search.device_knn(db[:5], twins, 3, block_rows=4)
+  np.testing.assert_array_equal(idx, [[i, i + 5, i + 10] for i in range(5)])
+
+
 def test_nearest_among_matches_a_faiss_index_per_query():
   """As the original: for each query, a faiss IndexFlatL2 over its own candidates."""
   rng = np.random.default_rng(2)

@@ -158,6 +158,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
   c.eval.datasets = ""                 # comma-separated names; "" = data.name
+  # two folders of images evaluated instead of eval.datasets (any layout; `@` names give
+  # recalls, names without coordinates give predictions and descriptors only)
+  c.eval.database_folder = ""
+  c.eval.queries_folder = ""
   c.eval.positive_radius = EVAL_RADIUS_M
   c.eval.recall_values = RECALL_VALUES  # N of recall@N
   c.eval.backend = "device"            # device | faiss

@@ -1,9 +1,10 @@
 """What the `data` section of a config means for data_pipelines: the loader's options,
-the synthetic world's settings, and the dataset splits it names."""
+the synthetic world's settings, and the dataset splits it names (and the folders
+eval.database_folder / eval.queries_folder name)."""
 
 from __future__ import annotations
 
-from data_pipelines import datasets, images, loader, synthetic
+from data_pipelines import datasets, images, loader, places, synthetic
 from data_pipelines.places import PlaceDataset
 from vgssl_jax.errors import ConfigError, check_choice
 
@@ -24,6 +25,20 @@ def open_split(config, name: str, split: str) -> PlaceDataset:
   dc = config.data
   return datasets.load_split(dc.root, name, split, synthetic_config(config), dc.source,
                              dc.records_dir)
+
+
+def open_folders(config) -> PlaceDataset | None:
+  """eval.database_folder and eval.queries_folder as one split named "folders" (None when
+  they are not set)."""
+  ec = config.eval
+  if not ec.database_folder and not ec.queries_folder:
+    return None
+  if not ec.database_folder or not ec.queries_folder:
+    missing = "eval.queries_folder" if ec.database_folder else "eval.database_folder"
+    raise ConfigError(f"{missing} is not set: evaluating folders needs both "
+                      "eval.database_folder and eval.queries_folder.")
+  return places.load_folders(ec.database_folder, ec.queries_folder, "folders",
+                             ("eval.database_folder", "eval.queries_folder"))
 
 
 def check_config(config) -> None:

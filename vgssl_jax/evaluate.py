@@ -8,12 +8,17 @@ Without --checkpoint the model is evaluated as initialised (a baseline). With on
 runs, the network's settings (method, model) are read from the checkpoint. A published
 VG-SSL model (PyTorch .pth) is imported (backbone + GeM + FC; the config describes it):
   python -m vgssl_jax.evaluate --config configs/simclr_msls.py --checkpoint best_model.pth
+and so are the releases of SALAD, MegaLoc, BoQ and MixVPR, each with its config:
+  python -m vgssl_jax.evaluate --config configs/salad_dinov2.py --checkpoint dino_salad.ckpt
+--config.eval.database_folder=DIR --config.eval.queries_folder=DIR evaluate two folders of
+images instead of named datasets (without `@` coordinates: predictions only).
 Writes, under --workdir (default runs/eval):
   results.json               {dataset: {"recall@1": ..., "queries": n, "database": m, ...}}
   results.md                 the same as a Markdown table
   model.json                 which model was evaluated, with the config
   descriptors/<dataset>.npz  database, queries, database_paths, queries_paths
-  predictions/<dataset>.txt  MSLS: the official prediction file (query_key db_key1 ... db_key20)
+  predictions/<dataset>.txt  per query: its path and the top-K database paths; MSLS: the
+                             official prediction file (query_key db_key1 ... db_key20)
   plots/<dataset>_recall.png recall@N for N = 1..K
   preds/<dataset>/*.jpg      with eval.num_preds_to_save=K: each query and its top K
 """

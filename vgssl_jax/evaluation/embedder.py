@@ -89,7 +89,7 @@ class Embedder:
       local, local_batch = indices, 1
     if skip_unreadable and not fixed:
       raise ValueError("skip_unreadable needs views of one size")
-    chunks = []
+    out, filled = None, 0   # filled in place: no list of batches to concatenate at the end
     batches = loader.image_dataset(source, local, local_batch, self.options, views,
                                    skip_unreadable)
     steps = -(-len(local) // local_batch)
@@ -104,5 +104,10 @@ class Embedder:
         ok = np.concatenate([ok, np.ones(target - len(ok), bool)])
       feats = np.asarray(self._forward(variables, sharding.shard_batch((flat, ok), self.mesh),
                                        output))
-      chunks.append(feats[:len(feats) if fixed else m * v].reshape(-1, v, *feats.shape[1:]))
-    return np.concatenate(chunks)[:n].astype(np.float32)
+      feats = feats[:len(feats) if fixed else m * v].reshape(-1, v, *feats.shape[1:])
+      if out is None:
+        rows = steps * (self.batch_size if fixed else 1)
+        out = np.empty((rows, *feats.shape[1:]), np.float32)
+      out[filled:filled + len(feats)] = feats
+      filled += len(feats)
+    return out[:n]

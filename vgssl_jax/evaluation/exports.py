@@ -52,6 +52,16 @@ def publish(staging: str, workdir: str) -> None:
   shutil.rmtree(staging, ignore_errors=True)
 
 
+def write_path_predictions(path: str, predictions: np.ndarray, places: PlaceDataset) -> None:
+  """predictions/<dataset>.txt: per query a line `query db_1 ... db_K` of image paths
+  (relative to the dataset's folder), best first."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  db = places.database_paths
+  with open(path, "w") as f:
+    for query, row in zip(places.queries_paths, predictions):
+      f.write(" ".join([query, *(db[i] for i in row)]) + "\n")
+
+
 def write_descriptors(out_dir: str, places: PlaceDataset, database: np.ndarray,
                       queries: np.ndarray, test_method: str) -> None:
   """descriptors/<dataset>.npz: database (N, D), queries (Q, D) (or (Q, 5, D) for the methods

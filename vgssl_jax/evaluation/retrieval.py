@@ -27,8 +27,15 @@ class PCA:
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
     return cls(mean, vt[:dim])
 
-  def __call__(self, x: np.ndarray) -> np.ndarray:
-    return ((np.asarray(x, np.float64) - self.mean) @ self.components.T).astype(np.float32)
+  def __call__(self, x: np.ndarray, rows: int = 4096) -> np.ndarray:
+    """`x` projected, `rows` at a time (a float64 copy of a whole 12,288-d database would
+    take 8 bytes per value)."""
+    x = np.asarray(x)
+    out = np.empty((len(x), len(self.components)), np.float32)
+    for start in range(0, len(x), rows):
+      part = np.asarray(x[start:start + rows], np.float64) - self.mean
+      out[start:start + rows] = part @ self.components.T
+    return out
 
 
 def rank(queries: np.ndarray, database: np.ndarray, k: int, test_method: str = "hard_resize",

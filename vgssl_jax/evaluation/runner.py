@@ -158,8 +158,9 @@ def evaluate_places(embedder, variables: dict, places: PlaceDataset,
     final = rerank(places, predictions)
     result.update(score(final, places, options, prefix="reranked_"))
   if not places.has_gps:
-    logging.info("%s/%s has no coordinates: predictions only (score them on the challenge "
-                 "server)", places.name, places.split)
+    logging.info("%s/%s has no coordinates: predictions and descriptors only, no recall%s",
+                 places.name, places.split,
+                 " (score them on the challenge server)" if places.is_msls else "")
   if out_dir is not None:
     result.update(write_exports(out_dir, places, db, q, final, options))
   return result
@@ -170,10 +171,12 @@ def write_exports(out_dir: str, places: PlaceDataset, db: np.ndarray, q: np.ndar
   """The exports of one split (the final ranking's); returns what results.json records."""
   record = {}
   exports.write_descriptors(out_dir, places, db, q, options.test_method)
+  path = os.path.join(out_dir, "predictions", f"{places.name}.txt")
   if places.is_msls:
-    path = os.path.join(out_dir, "predictions", f"{places.name}.txt")
     exports.write_msls_predictions(path, predictions, places)
-    record["predictions_file"] = os.path.relpath(path, out_dir)
+  else:
+    exports.write_path_predictions(path, predictions, places)
+  record["predictions_file"] = os.path.relpath(path, out_dir)
   if places.has_gps:
     positives = places.positives(options.radius)
     record["recall_curve"] = exports.write_curve(
@@ -198,9 +201,13 @@ def open_eval_sets(config) -> EvalSets:
   a protocol mismatch or a PCA larger than its images stops here."""
   sets = {}
   ec = config.eval
-  for name in eval_datasets(config):
-    places = data_config.open_split(config, name, ec.split)
-    sets[name] = (places, datasets.check_protocol(places, ec.check_counts))
+  folders = data_config.open_folders(config)
+  if folders is not None and str(ec.datasets).strip():
+    raise ConfigError(f"eval.datasets={ec.datasets} and eval.database_folder/queries_folder are "
+                      "both set: evaluate either named datasets or two folders (unset one).")
+  for name in [folders.name] if folders is not None else eval_datasets(config):
+    places = folders or data_config.open_split(config, name, ec.split)
+    sets[name] = (places, {} if folders else datasets.check_protocol(places, ec.check_counts))
     if ec.rerank_top > places.num_database:
       raise ConfigError(f"eval.rerank_top={ec.rerank_top} exceeds the {places.num_database} "
                         f"database images of {places.name}/{places.split}: lower "

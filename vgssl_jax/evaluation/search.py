@@ -70,13 +70,37 @@ def _chunked(search_chunk, rows: list[tuple[np.ndarray, object]], chunk: int,
   return [np.concatenate(column) for column in zip(*results)]
 
 
-def device_knn(queries: np.ndarray, database: np.ndarray, k: int,
-               chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+# The database goes to the device in blocks of at most this many bytes (the top k of each
+# block are merged on the host), so large descriptors over large databases search in
+# bounded memory: 12,288-d x 20,000 images is 0.98 GB, Tokyo 24/7's 75,984 at 8448-d 2.6 GB.
+DATABASE_BLOCK_BYTES = 1 << 30
+
+
+def device_knn(queries: np.ndarray, database: np.ndarray, k: int, chunk: int = 1024,
+               block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Exact k-NN by squared L2. (Q, D), (N, D) -> distances (Q, k) float32, indices (Q, k) int64.
+
+  The database is searched in blocks of `block_rows` rows (by default as many as fit
+  DATABASE_BLOCK_BYTES), queries in chunks of `chunk`; equal distances keep the lower index.
   """
   queries = np.asarray(queries, np.float32)
-  k = min(k, len(database))
-  db = jnp.asarray(np.asarray(database, np.float32))
+  database = np.asarray(database, np.float32)
+  n = len(database)
+  k = min(k, n)
+  rows = block_rows or max(k, DATABASE_BLOCK_BYTES // (4 * max(1, database.shape[1])))
+  parts = [_knn_block(queries, database[start:start + rows], min(k, rows, n - start), chunk)
+           for start in range(0, n, rows)]
+  if len(parts) == 1:
+    return parts[0]
+  dist = np.concatenate([d for d, _ in parts], axis=1)
+  idx = np.concatenate([i + start for (_, i), start in zip(parts, range(0, n, rows))], axis=1)
+  order = np.lexsort((idx, dist), axis=1)[:, :k]   # by distance, then index
+  return np.take_along_axis(dist, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+
+def _knn_block(queries: np.ndarray, database: np.ndarray, k: int,
+               chunk: int) -> tuple[np.ndarray, np.ndarray]:
+  db = jnp.asarray(database)
   db_sq = jnp.sum(db * db, axis=1)
   dist, idx = _chunked(lambda q: _topk_chunk(q, db, db_sq, k), [(queries, 0.0)], chunk,
                        [np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)])
