@@ -146,9 +146,10 @@ def test_gradient_accumulation_averages_micro_batch_gradients():
 
   @jax.jit  # one compilation for both micro-batches (eager evaluation takes a minute)
   def micro_grads(micro, j, stats):
-    v1, v2 = make_views(jax.random.fold_in(key, j), micro, method.views, jnp.float32)
-    return jax.value_and_grad(lambda p: method.view_loss(p, stats, {}, v1, v2), has_aux=True)(
-        init.params)
+    micro_key = jax.random.fold_in(key, j)
+    v1, v2 = make_views(micro_key, micro, method.views, jnp.float32)
+    return jax.value_and_grad(lambda p: method.view_loss(p, stats, {}, v1, v2, micro_key),
+                              has_aux=True)(init.params)
 
   grads, stats, losses = [], init.batch_stats, []
   for j in range(2):

@@ -59,6 +59,17 @@ class Objective:
     return objective_state
 
 
+# a stream of the step's key of its own: the network's dropout (SALAD's MLPs) draws from it,
+# leaving the augmentation's draws as they are
+_DROPOUT_STREAM = 0x5A1AD
+
+
+def dropout_rngs(key: jax.Array, call: int = 0) -> dict:
+  """The `rngs` of train-mode forward number `call` of a step whose key is `key` (every
+  pass through the network draws its own dropout masks)."""
+  return {"dropout": jax.random.fold_in(jax.random.fold_in(key, _DROPOUT_STREAM), call)}
+
+
 def retrieval_variables(params: dict, batch_stats: dict) -> dict:
   """The retrieval network's variables out of a train state's parameter groups."""
   return {"params": params["net"], "batch_stats": batch_stats["net"]}

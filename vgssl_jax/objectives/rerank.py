@@ -23,6 +23,7 @@ from vgssl_jax.errors import ConfigError, check_choice
 from vgssl_jax.models import backbones
 from vgssl_jax.models.network import GeoLocalizationNet
 from vgssl_jax.objectives import losses
+from vgssl_jax.objectives.base import dropout_rngs
 from vgssl_jax.objectives.triplet import Triplet
 from vgssl_jax.objectives.views import ViewConfig
 
@@ -101,7 +102,7 @@ class RerankObjective(Triplet):
                                         local=True), batch_stats["net"]
     else:
       out, updates = self.model.apply(variables, images, train=True, project=False, local=True,
-                                      mutable=["batch_stats"])
+                                      mutable=["batch_stats"], rngs=dropout_rngs(key))
       new_stats = updates.get("batch_stats", batch_stats["net"])
     g, t = out["descriptor"], out["local"]
     qg, pg, ng = g[:b], g[b:2 * b], g[2 * b:].reshape(b, m, -1)

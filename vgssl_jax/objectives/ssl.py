@@ -28,7 +28,7 @@ from vgssl_jax.models.heads import Predictor, projector_layout
 from vgssl_jax.models.layers import l2_normalize
 from vgssl_jax.models.network import GeoLocalizationNet
 from vgssl_jax.objectives import losses
-from vgssl_jax.objectives.base import Objective, ema
+from vgssl_jax.objectives.base import Objective, dropout_rngs, ema
 from vgssl_jax.objectives.views import ViewConfig, make_views
 
 _PROJECTOR = ("model.n_layers", "model.projection_size")
@@ -83,10 +83,11 @@ class TwoViews(Objective):
   def objective(self, z1: jax.Array, z2: jax.Array) -> jax.Array:
     raise NotImplementedError
 
-  def _net(self, params, batch_stats, images):
-    """Train-mode forward of the network: (projection, updated batch stats)."""
+  def _net(self, params, batch_stats, images, rngs):
+    """Train-mode forward of the network: (projection, updated batch stats); `rngs` from
+    base.dropout_rngs."""
     out, updates = self.model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                    train=True, mutable=["batch_stats"])
+                                    train=True, mutable=["batch_stats"], rngs=rngs)
     return out["projection"], updates.get("batch_stats", batch_stats)
 
   def loss(self, params: dict, batch_stats: dict, objective_state: dict, batch: dict,
@@ -94,12 +95,13 @@ class TwoViews(Objective):
     """Loss of one step (views made from the uint8 `batch` with `key`) and the updated
     (batch_stats, objective_state)."""
     view1, view2 = make_views(key, batch, self.views, self.model.dtype)
-    return self.view_loss(params, batch_stats, objective_state, view1, view2)
+    return self.view_loss(params, batch_stats, objective_state, view1, view2, key)
 
   def view_loss(self, params: dict, batch_stats: dict, objective_state: dict, view1: jax.Array,
-                view2: jax.Array) -> tuple[jax.Array, tuple[dict, dict]]:
-    z1, stats = self._net(params["net"], batch_stats["net"], view1)
-    z2, stats = self._net(params["net"], stats, view2)
+                view2: jax.Array, key: jax.Array) -> tuple[jax.Array, tuple[dict, dict]]:
+    """The loss of two views; `key` gives each network pass its dropout (dropout_rngs)."""
+    z1, stats = self._net(params["net"], batch_stats["net"], view1, dropout_rngs(key, 0))
+    z2, stats = self._net(params["net"], stats, view2, dropout_rngs(key, 1))
     return self.objective(z1, z2), ({"net": stats}, objective_state)
 
 
@@ -146,8 +148,9 @@ class _Predicting(TwoViews):
     del params, batch_stats
     return {}
 
-  def _targets(self, params, net_stats, objective_state, view1, view2):
-    """(t1, t2, net_stats, objective_state) of the two views."""
+  def _targets(self, params, net_stats, objective_state, view1, view2, key):
+    """(t1, t2, net_stats, objective_state) of the two views (the passes' dropout from
+    `key`, calls 2 and 3)."""
     raise NotImplementedError
 
   def _predict(self, params, batch_stats, z):
@@ -155,13 +158,13 @@ class _Predicting(TwoViews):
                                         train=True, mutable=["batch_stats"])
     return out, updates.get("batch_stats", batch_stats)
 
-  def view_loss(self, params, batch_stats, objective_state, view1, view2):
-    z1, net_stats = self._net(params["net"], batch_stats["net"], view1)
-    z2, net_stats = self._net(params["net"], net_stats, view2)
+  def view_loss(self, params, batch_stats, objective_state, view1, view2, key):
+    z1, net_stats = self._net(params["net"], batch_stats["net"], view1, dropout_rngs(key, 0))
+    z2, net_stats = self._net(params["net"], net_stats, view2, dropout_rngs(key, 1))
     p1, pred_stats = self._predict(params["predictor"], batch_stats["predictor"], z1)
     p2, pred_stats = self._predict(params["predictor"], pred_stats, z2)
     t1, t2, net_stats, objective_state = self._targets(params, net_stats, objective_state,
-                                                       view1, view2)
+                                                       view1, view2, key)
     loss = losses.byol_loss(p1, p2, t1, t2)  # targets under stop-gradient inside
     return loss, ({"net": net_stats, "predictor": pred_stats}, objective_state)
 
@@ -175,10 +178,11 @@ class BYOL(_Predicting):
     # the target starts as an exact copy of the online network
     return {"target": {"params": params["net"], "batch_stats": batch_stats["net"]}}
 
-  def _targets(self, params, net_stats, objective_state, view1, view2):
+  def _targets(self, params, net_stats, objective_state, view1, view2, key):
     target = objective_state["target"]
-    t1, target_stats = self._net(target["params"], target["batch_stats"], view1)
-    t2, target_stats = self._net(target["params"], target_stats, view2)
+    t1, target_stats = self._net(target["params"], target["batch_stats"], view1,
+                                 dropout_rngs(key, 2))
+    t2, target_stats = self._net(target["params"], target_stats, view2, dropout_rngs(key, 3))
     return t1, t2, net_stats, {"target": {"params": target["params"],
                                           "batch_stats": target_stats}}
 
@@ -193,10 +197,10 @@ class SimSiam(_Predicting):
   """The target is the online network under stop-gradient: a second pass through it,
   whose running statistics are therefore updated four times per step, as the original."""
 
-  def _targets(self, params, net_stats, objective_state, view1, view2):
+  def _targets(self, params, net_stats, objective_state, view1, view2, key):
     online = jax.lax.stop_gradient(params["net"])
-    t1, net_stats = self._net(online, net_stats, view1)
-    t2, net_stats = self._net(online, net_stats, view2)
+    t1, net_stats = self._net(online, net_stats, view1, dropout_rngs(key, 2))
+    t2, net_stats = self._net(online, net_stats, view2, dropout_rngs(key, 3))
     return t1, t2, net_stats, objective_state
 
 
@@ -222,10 +226,11 @@ class MoCoV2(TwoViews):
         "target": {"params": params["net"], "batch_stats": batch_stats["net"]},
         "queue": queue, "queue_ptr": jnp.zeros((), jnp.int32)}
 
-  def view_loss(self, params, batch_stats, objective_state, view1, view2):
-    z1, net_stats = self._net(params["net"], batch_stats["net"], view1)
+  def view_loss(self, params, batch_stats, objective_state, view1, view2, key):
+    z1, net_stats = self._net(params["net"], batch_stats["net"], view1, dropout_rngs(key, 0))
     target = objective_state["target"]
-    k, target_stats = self._net(target["params"], target["batch_stats"], view2)
+    k, target_stats = self._net(target["params"], target["batch_stats"], view2,
+                                dropout_rngs(key, 1))
     q, k = l2_normalize(z1), jax.lax.stop_gradient(l2_normalize(k))
     queue, ptr = objective_state["queue"], objective_state["queue_ptr"]
     loss = losses.moco_loss(q, k, queue, self.loss_config.temperature)

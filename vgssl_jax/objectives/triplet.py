@@ -18,7 +18,7 @@ from vgssl_jax.errors import ConfigError
 from vgssl_jax.models.inputs import normalize
 from vgssl_jax.models.network import GeoLocalizationNet
 from vgssl_jax.objectives import losses
-from vgssl_jax.objectives.base import Objective
+from vgssl_jax.objectives.base import Objective, dropout_rngs
 from vgssl_jax.objectives.views import ViewConfig, batch_flip, query_transform
 
 
@@ -60,7 +60,7 @@ class TupleObjective(Objective):
     b, m = batch["negatives"].shape[:2]
     out, updates = self.model.apply({"params": params["net"], "batch_stats": batch_stats["net"]},
                                     self.images(batch, key), train=True, project=False,
-                                    mutable=["batch_stats"])
+                                    mutable=["batch_stats"], rngs=dropout_rngs(key))
     d = out["descriptor"]
     loss = losses.supervised_loss(self.criterion, d[:b], d[b:2 * b],
                                   d[2 * b:].reshape(b, m, -1), self.margin)
