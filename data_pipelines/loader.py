@@ -1,7 +1,8 @@
 """grain input pipelines: decode + resize on host workers to uint8 NHWC batches.
 
-Training batches are GeoPair items (query, positive[, negative]); evaluation batches are
-plain images in file order. An epoch is planned here in NumPy from (seed, epoch), then
+Training batches are GeoPair items (query, positive[, negative]), supervised tuples, or
+places of K images (GSV-Cities, augmented on the host); evaluation batches are plain images
+in file order. An epoch is planned here in NumPy from (seed, epoch), then
 every process loads only its own block of each global batch, so the global batch is the
 same whatever the number of processes (see `local_items`).
 """
@@ -18,7 +19,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
-from data_pipelines import images, mining
+from data_pipelines import images, mining, randaugment
 from data_pipelines.mining import GeoPairs
 from data_pipelines.places import PlaceDataset
 
@@ -106,6 +107,51 @@ class _LoadImage(grain.transforms.Map):
       warn_unreadable(e)
       dtype = np.float32 if self.resize == "tensor" else np.uint8
       return {"views": np.zeros((self.num_views, *self.size, 3), dtype), "ok": np.bool_(False)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """The GSV recipes' training transform on the host: resize to `size` (PIL, antialiased,
+  `interpolation`), then RandAugment(num_ops, magnitude) (none when num_ops is 0)."""
+  size: tuple[int, int]
+  interpolation: str = "bilinear"
+  num_ops: int = 3
+  magnitude: int = 9
+
+  def __call__(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    height, width = self.size
+    if image.size != (width, height):
+      image = image.resize((width, height), randaugment.RESAMPLE[self.interpolation])
+    if self.num_ops:
+      image = randaugment.rand_augment(image, rng, self.num_ops, self.magnitude)
+    return np.asarray(image, np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoadPlace(grain.transforms.Map):
+  """Item number -> {"images": (K, h, w, 3) uint8, "places": label, "skipped"}.
+
+  items: (n, 2 + K) rows (draw id, place label, K image indices); the draw id seeds the
+  item's augmentation with (seed, epoch), so a resumed epoch draws the same pixels. An item
+  with an unreadable image is replaced by the next readable one, as _LoadItem."""
+  items: np.ndarray
+  source: images.ImageSource
+  augment: Augment
+  seed: int
+  epoch: int
+
+  def map(self, index):
+    n = len(self.items)
+    for tries in range(n):
+      row = self.items[(index + tries) % n]
+      rng = np.random.default_rng([self.seed, self.epoch, int(row[0])])
+      try:
+        pixels = np.stack([self.augment(self.source.open(int(i)), rng) for i in row[2:]])
+        return {"images": pixels, "places": np.int32(row[1]), "skipped": np.int32(tries)}
+      except images.ImageReadError as e:
+        warn_unreadable(e)
+    raise images.ImageReadError(f"none of the {n} training places of this epoch could be read; "
+                                "check the dataset files.")
 
 
 def epoch_order(num_items: int, items_per_step: int, seed: int, epoch: int) -> np.ndarray:
@@ -208,4 +254,15 @@ def image_dataset(source: images.ImageSource, indices: np.ndarray, batch_size: i
                     skip_unreadable, num_views, options.eval_resize)
   dataset = grain.MapDataset.source(np.asarray(indices)).map(load).batch(
       batch_size, drop_remainder=False)
+  return _iterate(dataset, options)
+
+
+def place_dataset(source: images.ImageSource, items: np.ndarray, local_batch: int,
+                  augment: Augment, seed: int, epoch: int,
+                  options: LoaderOptions) -> grain.IterDataset:
+  """Batches {"images": (local_batch, K, H, W, 3) uint8, "places": (local_batch,) int32,
+  "skipped"} of places; items: (n, 2 + K) rows (draw id, label, image indices), in order."""
+  load = _LoadPlace(np.asarray(items), source, augment, seed, epoch)
+  dataset = grain.MapDataset.source(np.arange(len(items))).map(load).batch(
+      local_batch, drop_remainder=True)
   return _iterate(dataset, options)

@@ -40,6 +40,8 @@ def run(method_name: str, devices: int, batches, plain_sgd: bool = True, deit: b
   for batch in batches:
     state, metrics = step(state, sharding.shard_batch(batch, mesh))
     losses.append(float(metrics["loss"]))
+    if "batch_acc" in metrics:  # the objective's metric, on the global batch too
+      losses.append(float(metrics["batch_acc"]))
     if first is None:
       first = jax.device_get((state.params, state.batch_stats, state.objective_state))
   return losses, first, step._cache_size()
@@ -61,8 +63,12 @@ def main():
   keys = ("query", "positive", "negative") if negatives else ("query", "positive")
   items = 4 if negatives else 8
   rng = np.random.default_rng(0)
-  batches = [{k: rng.integers(0, 256, size=(items, 32, 48, 3), dtype=np.uint8) for k in keys}
-             for _ in range(3)]
+  if method_name == "ms":  # 8 places x 4 images: mining and loss over the global batch
+    batches = [{"images": rng.integers(0, 256, size=(8, 4, 32, 48, 3), dtype=np.uint8),
+                "places": rng.permutation(100)[:8].astype(np.int32)} for _ in range(3)]
+  else:
+    batches = [{k: rng.integers(0, 256, size=(items, 32, 48, 3), dtype=np.uint8) for k in keys}
+               for _ in range(3)]
   deit = "--deit" in sys.argv
   l1, s1, compiles_1 = run(method_name, 1, batches, deit=deit)
   l4, s4, compiles_4 = run(method_name, 4, batches, deit=deit)

@@ -9,8 +9,9 @@ from tests.conftest import run_python
 # the cross-device parts: batch statistics of the loss (VICReg on the DeiT; Barlow Twins
 # and SimCLR reduce over the batch the same way), the MoCo queue with its EMA key encoder
 # (BYOL's target is the same per-element EMA), gathered negatives
+# and the multi-similarity miner + loss, which must see every pair of the global batch
 @pytest.mark.parametrize("method,extra", [
-    ("mocov2", []), ("simclr", ["--negatives"]), ("vicreg", ["--deit"])],
+    ("mocov2", []), ("simclr", ["--negatives"]), ("vicreg", ["--deit"]), ("ms", [])],
     ids=lambda v: v if isinstance(v, str) else "-".join(a[2:] for a in v) or "plain")
 def test_one_and_four_devices_give_the_same_step(method, extra):
   proc = run_python(["-m", "tests.step_equivalence", method, *extra], devices=4)

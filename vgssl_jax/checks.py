@@ -80,6 +80,8 @@ def validate(c: ml_collections.ConfigDict, purpose: str = "train") -> None:
   _check_schema(c)
   fam, _ = _component(backbones.family, mc.backbone, settings="model.backbone")
   _component(backbones.check, mc, size)
+  if data_config.eval_image_size(c) != size:
+    _component(backbones.check, mc, data_config.eval_image_size(c), settings="eval.image_size")
   shapes = _component(backbones.shapes, mc, size)
   agg = _component(aggregations.check_pair, mc, shapes)
   if mc.local_dim:
@@ -113,10 +115,10 @@ def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 # settings read only under a condition on other settings: (keys, used?, why not)
 CONDITIONAL_KEYS = (
-    (("train.warmup_epochs",), lambda c: c.train.lr_schedule == "cosine",
-     "only the cosine schedule warms up"),
-    (("train.schedule",), lambda c: c.train.lr_schedule == "step",
-     "the epochs of the step schedule"),
+    (("train.schedule", "train.lr_gamma"), lambda c: c.train.lr_schedule == "step",
+     "settings of the step schedule"),
+    (("train.lr_end_factor", "train.lr_decay_steps"), lambda c: c.train.lr_schedule == "linear",
+     "settings of the linear schedule"),
     (("eval.majority_weight",), lambda c: c.eval.test_method == "maj_voting",
      "read by eval.test_method=maj_voting only"),
     (("eval.pca_dataset", "eval.pca_split", "eval.pca_images"), lambda c: c.eval.pca_dim > 0,

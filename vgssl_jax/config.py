@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from data_pipelines import synthetic
+from data_pipelines import synthetic, synthetic_gsv
 from data_pipelines.places import EVAL_RADIUS_M, TRAIN_POSITIVE_RADIUS_M
 
 # the ranks N of recall@N reported, as the original's --recall_values
@@ -92,6 +92,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.records_dir = "tfds_data"     # where the ArrayRecord datasets were prepared
   c.data.synthetic = ml_collections.ConfigDict(
       {k: v for k, v in synthetic.SyntheticConfig().__dict__.items()})
+  # GSV-Cities places (method=ms: P = train.batch_size places x K images per step); data.name
+  # is then the validation and test dataset
+  c.data.gsv = ml_collections.ConfigDict({
+      "name": "gsv_cities",         # folder under data.root (Dataframes/, Images/);
+                                    # synthetic_gsv: the synthetic world, generated
+      "cities": "all",              # "all" or comma-separated city names
+      "min_img_per_place": 4,       # places with fewer images are left out
+      "img_per_place": 4,           # K images drawn per place and step
+      "interpolation": "bilinear",  # the training resize: bilinear (SALAD, MixVPR) | bicubic
+                                    # (BoQ)
+      "randaugment_ops": 3,         # RandAugment on the host (0: none)
+      "randaugment_magnitude": 9,   # of 31 bins (torchvision's default 9; BoQ 15)
+      "synthetic": {k: v for k, v in synthetic_gsv.SyntheticGSVConfig().__dict__.items()},
+  })
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 200
@@ -123,10 +137,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.patience = 0                 # stop after N validations without a better R@5 (0 = off)
   # "" = the original's rule (written into the run's config.json as resolved): warm-up +
   # cosine with cosine_scheduler, else step for adamw and constant for adam and sgd
-  c.train.lr_schedule = ""             # "" | constant | cosine (with warm-up) | step
+  c.train.lr_schedule = ""             # "" | constant | cosine (with warm-up) | step | linear
   c.train.cosine_scheduler = False     # the original's --cosine_scheduler
-  c.train.warmup_epochs = 0            # cosine: linear warm-up from lr / 10
-  c.train.schedule = (60, 80)          # step: epochs where the learning rate drops x0.1
+  c.train.warmup_epochs = 0            # cosine: linear warm-up from lr / 10 per epoch; other
+                                       # schedules: per-step warm-up over these epochs (BoQ)
+  c.train.warmup_steps = 0             # > 0: per-step linear warm-up over N steps (MixVPR)
+  c.train.schedule = (60, 80)          # step: epochs where the learning rate drops x lr_gamma
+  c.train.lr_gamma = 0.1               # step: the factor at each of those epochs
+  c.train.lr_end_factor = 0.2          # linear (per step, SALAD): lr x 1 -> this factor ...
+  c.train.lr_decay_steps = 4000        # ... over this many steps, then constant
   c.train.save_best = 1                # model selection on recall@recall_values[save_best]
                                        # (1: R@5, as the original's stage 1 and train.py)
   c.train.grad_accum_steps = 1         # > 1: the global batch in micro-batches (see train.py)
@@ -144,6 +163,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.momentum = 0.99               # BYOL target EMA
   c.loss.moco_momentum = 0.999         # MoCo key encoder EMA
   c.loss.queue_size = 65536            # MoCo queue length (a multiple of train.batch_size)
+  c.loss.ms_epsilon = 0.1              # multi-similarity (method=ms): the miner's margin
+  c.loss.ms_alpha = 1.0                # ... the loss's positive and negative scales and base
+  c.loss.ms_beta = 50.0
+  c.loss.ms_base = 0.0
 
   # stage 2 (method r2former, train_reranker.py)
   c.rerank = ml_collections.ConfigDict()
@@ -157,6 +180,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
+  c.eval.image_size = ()               # (H, W) of evaluation, validation and mining images;
+                                       # () = data.image_size (the GSV recipes train at 224
+                                       # and evaluate at 322)
   c.eval.datasets = ""                 # comma-separated names; "" = data.name
   # two folders of images evaluated instead of eval.datasets (any layout; `@` names give
   # recalls, names without coordinates give predictions and descriptors only)

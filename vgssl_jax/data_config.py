@@ -9,9 +9,18 @@ from data_pipelines.places import PlaceDataset
 from vgssl_jax.errors import ConfigError, check_choice
 
 
-def loader_options(config) -> loader.LoaderOptions:
+def eval_image_size(config) -> tuple[int, int]:
+  """(H, W) of evaluation, validation and mining images: eval.image_size, else
+  data.image_size."""
+  return tuple(config.eval.get("image_size") or config.data.image_size)
+
+
+def loader_options(config, evaluation: bool = False) -> loader.LoaderOptions:
+  """The loader's options: at data.image_size (training batches) or, with `evaluation`, at
+  eval_image_size (what the embedder reads)."""
   dc = config.data
-  return loader.LoaderOptions(tuple(dc.image_size), dc.num_workers, dc.num_threads,
+  size = eval_image_size(config) if evaluation else tuple(dc.image_size)
+  return loader.LoaderOptions(size, dc.num_workers, dc.num_threads,
                               jpeg_draft=dc.jpeg_draft, eval_resize=dc.eval_resize)
 
 
@@ -46,8 +55,9 @@ def check_config(config) -> None:
   dc = config.data
   check_choice("data.source", dc.source, datasets.SOURCES)
   check_choice("data.eval_resize", dc.eval_resize, images.RESIZES)
-  size = tuple(dc.image_size)
-  if len(size) != 2 or not all(isinstance(v, int) for v in size) or min(size) < 32:
-    written = "x".join(map(str, size)).replace("'", "")
-    raise ConfigError(f"data.image_size={written} must be (height, width) in pixels, each >= 32, "
-                      "written with a comma: --config.data.image_size=480,640.")
+  for key, size in (("data.image_size", tuple(dc.image_size)),
+                    ("eval.image_size", tuple(config.eval.get("image_size") or (32, 32)))):
+    if len(size) != 2 or not all(isinstance(v, int) for v in size) or min(size) < 32:
+      written = "x".join(map(str, size)).replace("'", "")
+      raise ConfigError(f"{key}={written} must be (height, width) in pixels, each >= 32, "
+                        f"written with a comma: --config.{key}=480,640.")

@@ -35,8 +35,8 @@ class Embedder:
 
   @classmethod
   def from_config(cls, config, model, mesh: Mesh, progress: bool = True) -> "Embedder":
-    return cls(model, mesh, config.train.infer_batch_size, data_config.loader_options(config),
-               progress)
+    return cls(model, mesh, config.train.infer_batch_size,
+               data_config.loader_options(config, evaluation=True), progress)
 
   @staticmethod
   def _apply(model, variables, images, ok, output):

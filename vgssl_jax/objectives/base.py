@@ -50,7 +50,9 @@ class Objective:
   def loss(self, params: dict, batch_stats: dict, objective_state: Tree, batch: dict,
            key: jax.Array) -> tuple[jax.Array, tuple[dict, Tree]]:
     """Loss of one (micro-)batch and the updated (batch_stats, objective_state); `key`
-    drives the objective's own randomness (augmentation)."""
+    drives the objective's own randomness (augmentation). An objective may add a third
+    element to that pair: {name: scalar} metrics of the batch, averaged into the metric
+    lines (the multi-similarity objective's batch_acc)."""
     raise NotImplementedError
 
   def after_update(self, objective_state: Tree, old_params: dict) -> Tree:

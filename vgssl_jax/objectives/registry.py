@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from vgssl_jax.models.network import build_model
-from vgssl_jax.objectives import rerank, ssl, triplet
+from vgssl_jax.objectives import multi_similarity, rerank, ssl, triplet
 from vgssl_jax.objectives.base import Objective
 
 
@@ -39,6 +39,8 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     "sare_joint": ObjectiveEntry(triplet.SareJoint, "triplets"),
     # stage 2 (train_reranker.py): the R2Former on the same tuples
     "r2former": ObjectiveEntry(rerank.RerankObjective, "triplets"),
+    # today's recipes (GSV-Cities, MixVPR, SALAD, BoQ): P places x K images, MS miner + loss
+    "ms": ObjectiveEntry(multi_similarity.MultiSimilarity, "places"),
 }
 
 

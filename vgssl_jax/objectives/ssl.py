@@ -51,7 +51,8 @@ class LossConfig:
 
   @classmethod
   def from_config(cls, loss_section) -> "LossConfig":
-    return cls(**loss_section.to_dict())
+    fields = {f.name for f in dataclasses.fields(cls)}  # the SSL keys of the section
+    return cls(**{k: v for k, v in loss_section.to_dict().items() if k in fields})
 
 
 class TwoViews(Objective):

@@ -9,6 +9,7 @@ continues the very segment it was in (training.loop).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from data_pipelines import mining
 from data_pipelines.places import TrainPlaces
+from vgssl_jax import data_config
 from vgssl_jax.errors import ConfigError
 
 
@@ -41,6 +43,16 @@ class EpochSource(Protocol):
     """Global items per optimizer step under `config` (what the mesh and gradient
     accumulation divide)."""
 
+  @staticmethod
+  def open_train(config) -> Any:
+    """The training data this kind of source reads (opened and checked before any model
+    work), passed to the constructor."""
+
+  @property
+  def image_pool(self) -> Any:
+    """Training images for a data-driven initialisation (NetVLAD's k-means): an object
+    with num_database, num_queries and images(part)."""
+
   def segments(self, epoch: int) -> int:
     """How many mined segments epoch `epoch` (0-based) has."""
 
@@ -58,6 +70,25 @@ class EpochSource(Protocol):
   def batches(self, plan: dict, epoch: int, segment: int) -> tuple[BatchIterator, int]:
     """The segment's batches in order (each with "skipped": unreadable images replaced)
     and how many steps they make."""
+
+
+def open_train_places(config) -> TrainPlaces:
+  """The training split of data.name with its positives (GeoPair and triplet sources)."""
+  tc = config.train
+  train = TrainPlaces.build(data_config.open_split(config, config.data.name, "train"),
+                            tc.positive_radius, tc.negative_radius)
+  logging.info("train: %s (%d queries with a %g m positive, %d dropped)", train.places,
+               len(train.query_ids), tc.positive_radius, train.dropped)
+  return train
+
+
+class LabelledPlacesSource:
+  """What the sources over a `@` training split share: how they open it."""
+  open_train = staticmethod(open_train_places)
+
+  @property
+  def image_pool(self):
+    return self.train.places
 
 
 def check_negatives(train: TrainPlaces, m: int) -> None:

@@ -26,7 +26,7 @@ def mining_config(config) -> mining.MiningConfig:
                              tc.negs_num_per_query, tc.pair_negative)
 
 
-class GeoPairSource:
+class GeoPairSource(epochs.LabelledPlacesSource):
   """GeoPairs of `train_places` for `objective`; see the module docstring."""
   keys = ("train.pair_negative",)
 

@@ -32,7 +32,7 @@ from vgssl_jax.objectives.base import Objective, retrieval_variables
 from vgssl_jax.progress import Progress
 from vgssl_jax.training.epochs import EpochSource
 from vgssl_jax.training.metrics_log import MetricsWriter
-from vgssl_jax.training.optimizer import epoch_lr, make_optimizer, schedule_for, with_lr
+from vgssl_jax.training.optimizer import make_optimizer, step_lr, with_lr
 from vgssl_jax.training.state import (TrainState, abstract_train_state, create_train_state)
 from vgssl_jax.training.step import jit_train_step
 
@@ -180,12 +180,11 @@ class Trainer:
           "then run the same command to resume from it.")
     return values
 
-  def train_segment(self, state: TrainState, progress: dict,
-                    lr: float) -> tuple[TrainState, dict]:
-    """Runs (the rest of) segment progress["segment"] of epoch progress["epoch"] at
-    learning rate `lr`. The epoch's running sums (loss, steps, skipped images) are kept in
-    progress["sums"], so that they are saved with every checkpoint: a resumed epoch
-    reports what an uninterrupted one does."""
+  def train_segment(self, state: TrainState, progress: dict) -> tuple[TrainState, dict]:
+    """Runs (the rest of) segment progress["segment"] of epoch progress["epoch"], the
+    learning rate set before every step (optimizer.step_lr). The epoch's running sums
+    (loss, steps, skipped images) are kept in progress["sums"], so that they are saved with
+    every checkpoint: a resumed epoch reports what an uninterrupted one does."""
     tc, epoch, segment = self.config.train, progress["epoch"], progress["segment"]
     if progress["plan"] is None:
       plan = self.source.mine(state, epoch, segment)
@@ -202,19 +201,30 @@ class Trainer:
                                                if segments > 1 else "")
 
     window, window_first, wait, skipped = [], int(state.step), 0.0, 0
+    extras: dict[str, list] = {}  # the objective's own metrics (batch_acc), per window
     window_start = time.perf_counter()
     bar = Progress(range(start, steps), total=steps - start, desc=desc, unit="step")
+    steps_per_epoch = steps * segments
+    lr, step = None, int(state.step)  # the step counted on the host: no sync per step
     for s in bar:
       t0 = time.perf_counter()
       batch = next(iterator)
       wait += time.perf_counter() - t0
       skipped += int(batch.pop("skipped").sum())
+      step_rate = step_lr(tc, epoch, step, steps_per_epoch)
+      step += 1
+      if step_rate != lr:  # a new value only when the schedule moves
+        lr = step_rate
+        state = with_lr(state, lr)
       state, metrics = self.step_fn(state, sharding.shard_batch(batch, self.mesh))
       if window:
         # at most two steps in flight: a stop request (SIGTERM, Ctrl-C) is answered at the next
         # step boundary, not after the device drained a whole logging window of queued steps
         window[-1].block_until_ready()
       window.append(metrics["loss"])  # fetched per window
+      for name, value in metrics.items():
+        if name not in ("loss", "grad_norm"):
+          extras.setdefault(name, []).append(value)
       done = s + 1
       progress = {**progress, "step_in_segment": done}
       at_checkpoint = tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < steps
@@ -227,12 +237,14 @@ class Trainer:
                             "skipped": sums["skipped"] + skipped}
         record = {"step": int(state.step), "epoch": epoch + 1, "loss": float(values.mean()),
                   "lr": lr, "step_time_s": seconds / len(values)}
+        record.update({name: float(np.mean(jax.device_get(v))) for name, v in extras.items()})
         record.update({f"{unit}_per_s": len(values) * n / seconds
                        for unit, n in self.source.throughput.items()})
         record["input_wait"] = wait / seconds
         self.metrics.write(record)
-        bar.set_postfix(f"loss {record['loss']:.4f}")
-        window, window_first, wait, skipped = [], int(state.step), 0.0, 0
+        bar.set_postfix(f"loss {record['loss']:.4f}" + "".join(
+            f" {name} {record[name]:.3f}" for name in extras))
+        window, window_first, wait, skipped, extras = [], int(state.step), 0.0, 0, {}
         window_start = time.perf_counter()
       if at_checkpoint or self.signals.requested:
         self.save(state, {**progress, "iterator": iterator.get_state()})
@@ -244,11 +256,8 @@ class Trainer:
     """Runs (the rest of) epoch progress["epoch"]; returns the state, the progress at the
     epoch's end and the epoch record."""
     tc, epoch = self.config.train, progress["epoch"]
-    schedule = schedule_for(tc.optimizer, tc.lr_schedule, tc.cosine_scheduler)
-    lr = epoch_lr(tc.lr, epoch, tc.epochs, schedule, tc.warmup_epochs, tc.schedule)
-    state = with_lr(state, lr)
     while progress["segment"] < self.source.segments(epoch):
-      state, progress = self.train_segment(state, progress, lr)
+      state, progress = self.train_segment(state, progress)
       progress = {**progress, "segment": progress["segment"] + 1, "step_in_segment": 0,
                   "plan": None, "iterator": None}
     sums = progress["sums"]

@@ -1,4 +1,5 @@
-"""The optimizer and its per-epoch learning rate, set without recompiling the step."""
+"""The optimizer and its learning rate (per epoch or per step), set without recompiling the
+step."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import optax
 
 from vgssl_jax.errors import ConfigError, check_choice
 
-LR_SCHEDULES = ("constant", "cosine", "step")
+LR_SCHEDULES = ("constant", "cosine", "step", "linear")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # the original's hard-coded weight decays (docs/original.md §Optimisation)
 DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "adamw": 0.03, "sgd": 1e-3}
@@ -57,8 +58,18 @@ def check_config(config) -> None:
                       f"{t.lr_schedule!r} names another schedule: drop one of the two.")
   if not t.lr > 0:
     raise ConfigError(f"train.lr={t.lr} must be > 0.")
-  if t.warmup_epochs < 0:
-    raise ConfigError(f"train.warmup_epochs={t.warmup_epochs} must be >= 0.")
+  if t.warmup_epochs < 0 or t.warmup_steps < 0:
+    raise ConfigError(f"train.warmup_epochs={t.warmup_epochs} and train.warmup_steps="
+                      f"{t.warmup_steps} must be >= 0.")
+  if t.warmup_steps and schedule_for(t.optimizer, t.lr_schedule, t.cosine_scheduler) == "cosine":
+    raise ConfigError("train.warmup_steps is the per-step warm-up of the constant, step and "
+                      "linear schedules; the cosine schedule warms up per epoch "
+                      "(train.warmup_epochs): set one of the two.")
+  if t.lr_schedule == "linear" and not (t.lr_decay_steps > 0 and t.lr_end_factor >= 0):
+    raise ConfigError(f"train.lr_schedule=linear needs train.lr_decay_steps > 0 (got "
+                      f"{t.lr_decay_steps}) and train.lr_end_factor >= 0 (got {t.lr_end_factor}).")
+  if not 0 < t.lr_gamma <= 1:
+    raise ConfigError(f"train.lr_gamma={t.lr_gamma} must be in (0, 1].")
 
 
 def with_lr(state, lr: float):
@@ -84,18 +95,41 @@ def schedule_for(optimizer: str, lr_schedule: str = "", cosine_scheduler: bool =
 
 
 def epoch_lr(lr: float, epoch: int, epochs: int, schedule: str = "constant",
-             warmup_epochs: int = 0, milestones=(60, 80)) -> float:
+             warmup_epochs: int = 0, milestones=(60, 80), gamma: float = 0.1) -> float:
   """The original's learning rate of an epoch (docs/original.md §Optimisation): constant;
   with --cosine_scheduler lr * (0.1 (1 - a) + a), a = epoch / warmup, during warm-up, then
   lr * (1 + cos(pi * epoch / epochs)) / 2, piecewise constant per epoch; or the step decay
-  (AdamW without cosine): lr * 0.1 per milestone epoch reached."""
-  if schedule == "constant":
+  (AdamW without cosine): lr * gamma (0.1) per milestone epoch reached. The per-step
+  schedules ("linear") are constant here: see `step_lr`."""
+  if schedule in ("constant", "linear"):
     return lr
   if schedule == "step":
-    return lr * 0.1 ** sum(epoch >= m for m in milestones)
+    return lr * gamma ** sum(epoch >= m for m in milestones)
   if schedule != "cosine":
     raise ValueError(f"unknown lr schedule {schedule!r}; expected one of {LR_SCHEDULES}")
   if epoch < warmup_epochs:
     alpha = epoch / warmup_epochs
     return lr * (0.1 * (1 - alpha) + alpha)
   return lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def step_lr(train_config, epoch: int, step: int, steps_per_epoch: int) -> float:
+  """The learning rate of optimizer step `step` (0-based, global) in epoch `epoch`: the
+  epoch's rate (`epoch_lr`), times the per-step factors of today's recipes:
+
+  - "linear": torch's LinearLR stepped after every optimizer step (SALAD: from 1 to
+    train.lr_end_factor = 0.2 over train.lr_decay_steps = 4000 steps, then constant);
+  - a per-step linear warm-up, lr * min(1, (step + 1) / W), for the schedules other than
+    cosine: W = train.warmup_steps (MixVPR: 650), else train.warmup_epochs x the steps of an
+    epoch (BoQ: 10 epochs).
+  """
+  t = train_config
+  schedule = schedule_for(t.optimizer, t.lr_schedule, t.cosine_scheduler)
+  lr = epoch_lr(t.lr, epoch, t.epochs, schedule, t.warmup_epochs, t.schedule, t.lr_gamma)
+  if schedule == "linear":
+    lr *= 1.0 + (t.lr_end_factor - 1.0) * min(step, t.lr_decay_steps) / t.lr_decay_steps
+  if schedule != "cosine":
+    warmup = t.warmup_steps or t.warmup_epochs * steps_per_epoch
+    if warmup and step < warmup:
+      lr *= (step + 1) / warmup
+  return lr

@@ -14,7 +14,6 @@ import time
 
 import jax
 
-from data_pipelines.places import TrainPlaces
 from vgssl_jax import data_config, resume, sharding
 from vgssl_jax.evaluation import exports, runner
 from vgssl_jax.evaluation.embedder import Embedder
@@ -87,15 +86,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
                jax.devices()[0].platform, jax.process_count())
 
   dc, tc = config.data, config.train
-  train_places = TrainPlaces.build(data_config.open_split(config, dc.name, "train"),
-                                   tc.positive_radius, tc.negative_radius)
+  source_cls = source_class(config)
+  train_data = source_cls.open_train(config)
   val_places = data_config.open_split(config, dc.name, "val") if tc.val_every else None
   eval_sets = runner.open_eval_sets(config)
-  logging.info("train: %s (%d queries with a %g m positive, %d dropped)", train_places.places,
-               len(train_places.query_ids), tc.positive_radius, train_places.dropped)
 
   embedder = Embedder.from_config(config, objective.model, mesh)
-  source = source_class(config)(config, objective, train_places, embedder, workdir)
+  source = source_cls(config, objective, train_data, embedder, workdir)
   validate = None
   options = runner.EvalOptions.from_config(config.eval).for_validation()
   if val_places is not None:
@@ -118,7 +115,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if config.train.init_from:
       state = initial_weights.with_init_from(state, config, mesh)
     elif data_init:
-      state = initial_weights.DATA_INITS[data_init](state, config, train_places.places,
+      state = initial_weights.DATA_INITS[data_init](state, config, source.image_pool,
                                                     embedder, mesh)
     return state
   state, progress = trainer.resume_or_init(init_state)

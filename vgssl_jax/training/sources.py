@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from vgssl_jax.objectives.registry import entry
 from vgssl_jax.training.geopairs import GeoPairSource
+from vgssl_jax.training.place_batches import PlaceSource
 from vgssl_jax.training.triplets import TripletSource
 
-EPOCH_SOURCES = {"geopairs": GeoPairSource, "triplets": TripletSource}
+EPOCH_SOURCES = {"geopairs": GeoPairSource, "triplets": TripletSource, "places": PlaceSource}
 
 
 def source_class(config):

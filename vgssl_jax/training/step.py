@@ -85,28 +85,30 @@ def train_step(state: TrainState, batch: dict, *, objective: Objective,
     def loss_fn(params):
       return objective.loss(params, batch_stats, objective_state, micro, micro_key)
 
-    (loss, (batch_stats, objective_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    batch_stats, objective_state = aux[:2]
+    extra = aux[2] if len(aux) > 2 else {}  # the objective's own metrics
     grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-    return (grads_sum, batch_stats, objective_state, j + 1), loss
+    return (grads_sum, batch_stats, objective_state, j + 1), (loss, extra)
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
   carry = (zeros, state.batch_stats, state.objective_state, jnp.zeros((), jnp.int32))
   if accumulate == 1:
-    (grads, batch_stats, objective_state, _), loss = micro_step(carry, batch)
+    (grads, batch_stats, objective_state, _), (loss, extra) = micro_step(carry, batch)
   else:
     micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // accumulate, accumulate,
                                              *x.shape[1:]).swapaxes(0, 1), batch)
-    (grads, batch_stats, objective_state, _), micro_losses = jax.lax.scan(micro_step, carry,
-                                                                          micro)
+    (grads, batch_stats, objective_state, _), (micro_losses, extra) = jax.lax.scan(
+        micro_step, carry, micro)
     grads = jax.tree.map(lambda g: g / accumulate, grads)
     loss = jnp.mean(micro_losses)
+    extra = jax.tree.map(jnp.mean, extra)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, _zero_at(_freeze(updates, frozen), unused))
   objective_state = objective.after_update(objective_state, state.params)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, objective_state=objective_state)
-  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+  return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **extra}
 
 
 def step_compiler_options(model, platform: str) -> dict | None:

@@ -30,7 +30,7 @@ from vgssl_jax.objectives.base import Objective, retrieval_variables
 from vgssl_jax.training import epochs, hard_negatives
 
 
-class TripletSource:
+class TripletSource(epochs.LabelledPlacesSource):
   keys = ("train.cache_refresh_rate",)
 
   @classmethod
