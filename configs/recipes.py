@@ -193,9 +193,88 @@ def published(model: str) -> ml_collections.ConfigDict:
   return c
 
 
+def _gsv(model: str) -> ml_collections.ConfigDict:
+  """The network of `model` (PUBLISHED) trained with the multi-similarity loss on
+  GSV-Cities, P x 4 images per step (data.gsv), bfloat16 as the authors' 16-bit mixed
+  precision, validation after every epoch on data.name's val split, selection on R@1."""
+  c = published(model)
+  c.method = "ms"
+  c.model.dtype = "bfloat16"
+  c.data.gsv.img_per_place, c.data.gsv.min_img_per_place = 4, 4
+  c.eval.image_size = c.data.image_size  # the authors' evaluation size
+  t = c.train
+  t.val_every, t.save_best, t.patience = 1, 0, 0
+  return c
+
+
+def gsv(recipe: str) -> ml_collections.ConfigDict:
+  """The authors' GSV-Cities training (docs/vpr_training.md has what each official
+  repository sets and where this deviates):
+
+    salad_gsv       SALAD main.py: DINOv2-B/14, last 4 blocks, 60 places x 4 at 224x224,
+                    bilinear resize + RandAugment(3 ops, magnitude 9), AdamW 6e-5 (decay
+                    9.5e-9), LinearLR 1 -> 0.2 over 4000 steps, 4 epochs; Pitts30k val R@1
+                    at 322x322
+    boq_dinov2_gsv  BoQ train.py: DINOv2-B/14 without its final norm, last 2 blocks, BoQ 512
+                    x 64 queries x 2 layers -> 8192, 128 places x 4 at 224x224, bicubic resize
+                    + RandAugment(3, 15), AdamW 1e-4 (decay 1e-4), 10 warm-up epochs (per
+                    step), x0.1 at epochs 10 and 20, 40 epochs; MSLS val R@1 at 322x322
+    mixvpr_gsv      MixVPR main.py: ResNet-50 cut after layer3 (conv1..layer2 frozen), MixVPR
+                    1024 x 4 rows, 120 places x 4 at 320x320, RandAugment(3, 9), SGD 0.05
+                    (momentum 0.9, decay 1e-3), 650 warm-up steps, x0.3 at epochs 5, 10, 15,
+                    25, 45, 80 epochs; Pitts30k val R@1 at 320x320
+  """
+  if recipe == "salad_gsv":
+    c = _gsv("salad_dinov2")
+    c.data.name = "pitts30k"
+    c.data.image_size = (224, 224)
+    t = c.train
+    t.batch_size, t.epochs = 60, 4
+    t.optimizer, t.lr, t.weight_decay = "adamw", 6e-5, 9.5e-9
+    t.lr_schedule, t.lr_end_factor, t.lr_decay_steps = "linear", 0.2, 4000
+  elif recipe == "boq_dinov2_gsv":
+    c = _gsv("boq_dinov2")
+    c.model.boq.update({"proj_channels": 512, "num_queries": 64, "num_layers": 2,
+                        "row_dim": 16})
+    c.data.name = "msls"
+    c.data.image_size = (224, 224)
+    c.data.gsv.interpolation, c.data.gsv.randaugment_magnitude = "bicubic", 15
+    t = c.train
+    t.batch_size, t.epochs = 128, 40
+    t.optimizer, t.lr, t.weight_decay = "adamw", 1e-4, 1e-4
+    t.lr_schedule, t.warmup_epochs, t.schedule, t.lr_gamma = "step", 10, (10, 20), 0.1
+  elif recipe == "mixvpr_gsv":
+    c = _gsv("mixvpr_resnet50")
+    c.model.unfreeze = False  # layers_to_freeze=2
+    c.data.name = "pitts30k"
+    t = c.train
+    t.batch_size, t.epochs = 120, 80
+    t.optimizer, t.lr, t.weight_decay = "sgd", 0.05, 1e-3
+    t.lr_schedule, t.warmup_steps, t.schedule, t.lr_gamma = "step", 650, (5, 10, 15, 25, 45), 0.3
+  else:
+    raise ValueError(f"unknown GSV recipe {recipe!r}; expected salad_gsv, boq_dinov2_gsv or "
+                     "mixvpr_gsv")
+  c.eval.split = "val"  # the val split selects; test with eval.datasets / eval.split
+  return c
+
+
+def vicreg_msls_dinov2_salad() -> ml_collections.ConfigDict:
+  """VG-SSL's question on a 2026 model: the paper's final VICReg recipe on MSLS (GeoPairs,
+  partial mining of 1000, the pair negative, projector 2 x 4096, Adam 1e-5) with DINOv2-B/14
+  + SALAD (8448-d, no FC), its last 4 blocks learning as SALAD trains it, at 322x322 (the
+  field's DINOv2 size; 480x640 is not a multiple of its 14-pixel patches)."""
+  c = msls_final("vicreg", "dinov2_vitb14")
+  c.model.aggregation, c.model.fc_output_dim = "salad", 0
+  c.model.train_blocks, c.model.dinov2.final_norm = 4, True
+  c.data.image_size = (322, 322)
+  c.train.infer_batch_size = 32
+  return c
+
+
 RECIPES = {"msls_final": msls_final, "supervised": supervised,
            "finetune_pitts30k": finetune_pitts30k, "triplet_msls": triplet_msls,
-           "stage2": stage2, "published": published}
+           "stage2": stage2, "published": published, "gsv": gsv,
+           "vicreg_msls_dinov2_salad": vicreg_msls_dinov2_salad}
 
 
 def get_config(arg: str = "msls_final,vicreg") -> ml_collections.ConfigDict:

@@ -106,3 +106,32 @@ def test_impossible_settings_are_rejected_with_the_fix():
   assert "must divide the 16 items" in bad(train__batch_size=32, train__grad_accum_steps=32,
                                            train__pair_negative=True, train__neg_samples_num=10,
                                            train__mining="partial")
+
+
+@pytest.mark.parametrize("name", ["salad_gsv", "boq_dinov2_gsv", "mixvpr_gsv",
+                                  "vicreg_msls_dinov2_salad", "demo_gsv"])
+def test_todays_recipes_validate_and_hold_the_authors_settings(name):
+  from vgssl_jax.checks import validate
+  c = load(name)
+  validate(c)
+  if name == "salad_gsv":
+    assert (c.method, c.train.batch_size, c.data.gsv.img_per_place) == ("ms", 60, 4)
+    assert (c.train.optimizer, c.train.lr, c.train.weight_decay) == ("adamw", 6e-5, 9.5e-9)
+    assert (c.train.lr_schedule, c.train.lr_end_factor, c.train.lr_decay_steps) == (
+        "linear", 0.2, 4000)
+    assert (c.model.train_blocks, tuple(c.data.image_size), tuple(c.eval.image_size)) == (
+        4, (224, 224), (322, 322))
+    assert (c.train.epochs, c.model.dtype, c.train.save_best) == (4, "bfloat16", 0)
+  if name == "boq_dinov2_gsv":
+    assert (c.train.batch_size, c.train.lr, c.train.weight_decay, c.train.epochs) == (
+        128, 1e-4, 1e-4, 40)
+    assert (c.train.warmup_epochs, tuple(c.train.schedule), c.model.train_blocks) == (
+        10, (10, 20), 2)
+    assert (c.data.gsv.interpolation, c.data.gsv.randaugment_magnitude, c.data.name) == (
+        "bicubic", 15, "msls")
+    assert c.model.boq.proj_channels * c.model.boq.row_dim == 8192
+  if name == "mixvpr_gsv":
+    assert (c.model.backbone, c.model.unfreeze, tuple(c.data.image_size)) == (
+        "resnet50conv4", False, (320, 320))
+    assert (c.train.optimizer, c.train.lr, c.train.warmup_steps, c.train.lr_gamma) == (
+        "sgd", 0.05, 650, 0.3)

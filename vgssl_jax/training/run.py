@@ -75,6 +75,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     backbones.check_pretrained(config.model, abstract, config.data.image_size)
   if config.train.init_from:
     initial_weights.check_init_from(config, abstract)
+  frozen = backbones.frozen_modules(config.model)
+  if frozen and not config.model.pretrained and not config.train.init_from:
+    logging.warning("%s of the backbone do not learn and start from random weights (no "
+                    "model.pretrained, no train.init_from): give the backbone's weights for a "
+                    "real run", ", ".join(frozen[:4]) + (" ..." if len(frozen) > 4 else ""))
   resume.check_workdir(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
