@@ -100,6 +100,44 @@ def step_from_options(a, mesh):
   return (size, *stage_one_step(step_objective, size, a.batch, mesh, negatives=negatives))
 
 
+def step_runner(compiled, state, batch):
+  """run(n) -> the times (seconds) of n calls of a compiled train step, its state carried."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  def run(n: int) -> list[float]:
+    nonlocal state
+    times = []
+    for _ in range(n):
+      t = time.perf_counter()
+      state, _ = compiled(state, batch)
+      jax.block_until_ready(state)
+      times.append(time.perf_counter() - t)
+    return times
+  return run
+
+
+class TorchWorker:
+  """A PyTorch benchmark script of this folder in a subprocess (its own Python, with torch):
+  it prints its info as one JSON line, then answers each "run N" on stdin with a JSON list
+  of N times in seconds."""
+
+  def __init__(self, python: str, script: str, *args: str):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    import subprocess  # pylint: disable=import-outside-toplevel
+    self.proc = subprocess.Popen([python, path, *args], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+    self.info = json.loads(self.proc.stdout.readline())
+
+  def run(self, n: int) -> list[float]:
+    self.proc.stdin.write(f"run {n}\n")
+    self.proc.stdin.flush()
+    return json.loads(self.proc.stdout.readline())
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
 def median(values) -> float:
   return float(statistics.median(values))
 

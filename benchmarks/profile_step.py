@@ -157,7 +157,7 @@ def main():
     print(f"  {ms:8.1f} ms  {name}")
   if a.compare_torch:
     import train_step
-    worker = train_step.TorchWorker(a.torch_python, a)
+    worker = train_step.torch_worker(a.torch_python, a)
     worker.run(a.warmup)
     worker.proc.stdin.write(f"profile {a.steps}\n")
     worker.proc.stdin.flush()

@@ -17,9 +17,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 import types
@@ -33,25 +31,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vgssl_jax import sharding  # noqa: E402
-
-
-class TorchWorker:
-  """benchmarks/torch_rerank.py in a subprocess: `run(n)` -> n call times (seconds)."""
-
-  def __init__(self, python: str, *args: str):
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_rerank.py")
-    self.proc = subprocess.Popen([python, script, *args], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True)
-    self.info = json.loads(self.proc.stdout.readline())
-
-  def run(self, n: int) -> list[float]:
-    self.proc.stdin.write(f"run {n}\n")
-    self.proc.stdin.flush()
-    return json.loads(self.proc.stdout.readline())
-
-  def close(self):
-    self.proc.stdin.close()
-    self.proc.wait()
 
 
 def stage2_config(a, fix: int):
@@ -98,7 +77,7 @@ def bench_eval(a, mesh) -> dict:
       times.append(time.perf_counter() - t)
     return times
   ours(2)
-  torch = (TorchWorker(a.torch_python, "--tokens", str(a.tokens), "--local-dim",
+  torch = (common.TorchWorker(a.torch_python, "torch_rerank.py", "--tokens", str(a.tokens), "--local-dim",
                        str(a.local_dim), "--top", str(a.top), "--rerank-batch",
                        str(a.rerank_batch)) if a.compare_torch else None)
   if torch:
@@ -178,17 +157,9 @@ def bench_train(a, mesh, fix: int) -> dict:
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
 
-  def ours(n):
-    nonlocal state
-    times = []
-    for _ in range(n):
-      t = time.perf_counter()
-      state, _ = compiled(state, batch)
-      jax.block_until_ready(state)
-      times.append(time.perf_counter() - t)
-    return times
+  ours = common.step_runner(compiled, state, batch)
   ours(3)
-  torch = (TorchWorker(a.torch_python, "--fix", str(fix), "--resolution", a.resolution,
+  torch = (common.TorchWorker(a.torch_python, "torch_rerank.py", "--fix", str(fix), "--resolution", a.resolution,
                        "--queries", str(a.train_queries), "--negatives", str(a.negatives),
                        "--tokens", str(a.tokens), "--local-dim", str(a.local_dim))
            if a.compare_torch else None)

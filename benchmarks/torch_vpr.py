@@ -15,20 +15,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
 
+def _module(path: str, name: str):
+  """A source file of the official code loaded by itself (its package's __init__ would
+  import torchvision, which the modules timed here do not use)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def build(a):
   import torch
-  sys.path[:0] = [a.dinov2_src, a.salad_src]
+  sys.path.insert(0, a.dinov2_src)
   from dinov2.hub import backbones as hub  # the official builder (no download: random weights)
   torch.hub.load = lambda repo, name, **kw: getattr(hub, name)(pretrained=False, **kw)
-  from models.aggregators.salad import SALAD
-  from models.backbones.dinov2 import DINOv2
-  backbone = DINOv2("dinov2_vitb14", num_trainable_blocks=a.trainable_blocks, norm_layer=True,
-                    return_token=True)
-  return torch.nn.Sequential(backbone, SALAD(num_channels=768))
+  salad = _module(os.path.join(a.salad_src, "models", "aggregators", "salad.py"), "salad_agg")
+  wrapper = _module(os.path.join(a.salad_src, "models", "backbones", "dinov2.py"), "salad_dino")
+  backbone = wrapper.DINOv2("dinov2_vitb14", num_trainable_blocks=a.trainable_blocks,
+                            norm_layer=True, return_token=True)
+  return torch.nn.Sequential(backbone, salad.SALAD(num_channels=768))
 
 
 def main():

@@ -14,9 +14,6 @@ worker process with the same environment, interleaved with ours in --rounds roun
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import time
 
 import common
@@ -30,29 +27,14 @@ from vgssl_jax import sharding  # noqa: E402
 from vgssl_jax.models.resnet import parse_backbone  # noqa: E402
 
 
-class TorchWorker:
+def torch_worker(python: str, a) -> common.TorchWorker:
   """benchmarks/torch_step.py in a subprocess: `run(n)` -> n step times (seconds)."""
-
-  def __init__(self, python: str, a):
-    net = ["--deit", a.vit] if a.backbone == "deit" else [
-        "--depth", str(parse_backbone(a.backbone)[0]), "--width", str(a.width)]
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_step.py")
-    self.proc = subprocess.Popen(
-        [python, script, *net, "--resolution",
-         a.resolution, "--batch", str(a.batch), "--projection-size", str(a.projection_size),
-         "--fc-output-dim", str(a.fc_output_dim), "--dtype", a.dtype,
-         *(["--triplet", str(a.negatives)] if a.method == "triplet" else [])],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    self.info = json.loads(self.proc.stdout.readline())
-
-  def run(self, n: int) -> list[float]:
-    self.proc.stdin.write(f"run {n}\n")
-    self.proc.stdin.flush()
-    return json.loads(self.proc.stdout.readline())
-
-  def close(self):
-    self.proc.stdin.close()
-    self.proc.wait()
+  net = ["--deit", a.vit] if a.backbone == "deit" else [
+      "--depth", str(parse_backbone(a.backbone)[0]), "--width", str(a.width)]
+  return common.TorchWorker(
+      python, "torch_step.py", *net, "--resolution", a.resolution, "--batch", str(a.batch),
+      "--projection-size", str(a.projection_size), "--fc-output-dim", str(a.fc_output_dim),
+      "--dtype", a.dtype, *(["--triplet", str(a.negatives)] if a.method == "triplet" else []))
 
 
 def main():
@@ -77,18 +59,9 @@ def main():
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
 
-  def run(n):
-    nonlocal state
-    times = []
-    for _ in range(n):
-      t = time.perf_counter()
-      state, metrics = compiled(state, batch)
-      jax.block_until_ready(state)
-      times.append(time.perf_counter() - t)
-    return times
-
+  run = common.step_runner(compiled, state, batch)
   run(a.warmup)
-  torch = TorchWorker(a.torch_python, a) if a.compare_torch else None
+  torch = torch_worker(a.torch_python, a) if a.compare_torch else None
   ours, theirs = [], []
   if torch:
     torch.run(a.warmup)

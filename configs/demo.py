@@ -21,6 +21,11 @@ def get_config():
   c.model.projection_size = 1024
   # with --config.model.backbone=deit: a small DeiT (the same blocks as DeiT-S, 96 wide)
   c.model.vit.update({"embed_dim": 96, "depth": 4, "num_heads": 3})
+  # with --config.model.backbone=dinov2_vits14: a tiny DINOv2 (96 wide, 4 blocks, 3 heads,
+  # all learning) and, with --config.model.aggregation=salad, a small SALAD; DINOv2's 14-pixel
+  # patches need --config.data.image_size=98,126
+  c.model.dinov2.update({"embed_dim": 96, "depth": 4, "num_heads": 3, "img_size": 98})
+  c.model.salad.update({"num_clusters": 16, "cluster_dim": 16, "token_dim": 64, "hidden": 128})
   c.train.epochs = 8
   c.train.batch_size = 32
   c.train.lr = 1e-3

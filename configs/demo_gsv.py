@@ -21,7 +21,7 @@ def get_config():
   c.model.salad.update({"num_clusters": 16, "cluster_dim": 16, "token_dim": 64, "hidden": 128})
   c.model.fc_output_dim = 0
   c.model.n_layers = 0
-  c.train.epochs = 8
+  c.train.epochs = 15
   c.train.batch_size = 24            # places per step (x 4 images)
   c.train.optimizer = "adamw"
   c.train.lr = 1e-3

@@ -202,6 +202,7 @@ def _gsv(model: str) -> ml_collections.ConfigDict:
   c.model.dtype = "bfloat16"
   c.data.gsv.img_per_place, c.data.gsv.min_img_per_place = 4, 4
   c.eval.image_size = c.data.image_size  # the authors' evaluation size
+  c.data.eval_resize = "pil"  # their evaluation transform: T.Resize on the PIL image
   t = c.train
   t.val_every, t.save_best, t.patience = 1, 0, 0
   return c

@@ -139,14 +139,16 @@ class _LoadPlace(grain.transforms.Map):
   augment: Augment
   seed: int
   epoch: int
+  draft: bool = False  # JPEG DCT downscaling towards the training size (data.jpeg_draft)
 
   def map(self, index):
     n = len(self.items)
+    draft = tuple(self.augment.size) if self.draft else None
     for tries in range(n):
       row = self.items[(index + tries) % n]
       rng = np.random.default_rng([self.seed, self.epoch, int(row[0])])
       try:
-        pixels = np.stack([self.augment(self.source.open(int(i)), rng) for i in row[2:]])
+        pixels = np.stack([self.augment(self.source.open(int(i), draft), rng) for i in row[2:]])
         return {"images": pixels, "places": np.int32(row[1]), "skipped": np.int32(tries)}
       except images.ImageReadError as e:
         warn_unreadable(e)
@@ -262,7 +264,7 @@ def place_dataset(source: images.ImageSource, items: np.ndarray, local_batch: in
                   options: LoaderOptions) -> grain.IterDataset:
   """Batches {"images": (local_batch, K, H, W, 3) uint8, "places": (local_batch,) int32,
   "skipped"} of places; items: (n, 2 + K) rows (draw id, label, image indices), in order."""
-  load = _LoadPlace(np.asarray(items), source, augment, seed, epoch)
+  load = _LoadPlace(np.asarray(items), source, augment, seed, epoch, options.jpeg_draft)
   dataset = grain.MapDataset.source(np.arange(len(items))).map(load).batch(
       local_batch, drop_remainder=True)
   return _iterate(dataset, options)

@@ -74,3 +74,11 @@ def test_a_single_mined_pair_gives_zero_loss_and_gradients_are_finite():
   assert float(loss) == _numpy_ms(x, labels)[0]
   grads = jax.grad(lambda v: ms.ms_loss(v, jnp.asarray(labels))[0])(jnp.asarray(x, jnp.float32))
   assert np.isfinite(np.asarray(grads)).all()
+
+
+def test_the_gram_gradient_is_autodiffs():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 5)), jnp.float32)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(6, 6)), jnp.float32)
+  ours = jax.grad(lambda v: jnp.sum(w * ms.gram(v)))(x)
+  plain = jax.grad(lambda v: jnp.sum(w * (v @ v.T)))(x)
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(plain), rtol=1e-5, atol=1e-5)
