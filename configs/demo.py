@@ -26,6 +26,11 @@ def get_config():
   # patches need --config.data.image_size=98,126
   c.model.dinov2.update({"embed_dim": 96, "depth": 4, "num_heads": 3, "img_size": 98})
   c.model.salad.update({"num_clusters": 16, "cluster_dim": 16, "token_dim": 64, "hidden": 128})
+  # the rest of the original's zoo at the demo's scale: vgg16 and alexnet take model.width;
+  # cct384 (square images: --config.data.image_size=96,96) and vit (224 or 384:
+  # --config.data.image_size=224,224) get these tiny sizes
+  c.model.cct.update({"embed_dim": 96, "depth": 4, "num_heads": 3, "img_size": 96})
+  c.model.hf_vit.update({"embed_dim": 96, "depth": 4, "num_heads": 3})
   c.train.epochs = 8
   c.train.batch_size = 32
   c.train.lr = 1e-3

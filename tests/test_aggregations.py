@@ -70,7 +70,7 @@ def test_netvlad_kmeans_initialisation_recovers_separated_clusters(tiny_root, mo
   places = types.SimpleNamespace(num_database=30, num_queries=10, images=lambda part: part)
   from tests.conftest import tiny_config
   c = tiny_config(tiny_root)
-  c.model.netvlad_clusters = 2
+  c.model.netvlad_clusters, c.model.aggregation = 2, "netvlad"
   captured = {}
   state = types.SimpleNamespace(
       params={"net": {"aggregation": {}}}, batch_stats={"net": {}}, objective_state={})

@@ -18,7 +18,7 @@ from vgssl_jax import data_config
 from vgssl_jax.errors import ConfigError, check_choice
 from vgssl_jax.evaluation import runner
 from vgssl_jax.models import aggregations, backbones
-from vgssl_jax.models.network import DTYPES
+from vgssl_jax.models.network import DTYPES, check_non_local
 from vgssl_jax.objectives import registry as objectives
 from vgssl_jax.training import optimizer
 from vgssl_jax.training.sources import EPOCH_SOURCES, source_class
@@ -84,6 +84,7 @@ def validate(c: ml_collections.ConfigDict, purpose: str = "train") -> None:
     _component(backbones.check, mc, data_config.eval_image_size(c), settings="eval.image_size")
   shapes = _component(backbones.shapes, mc, size)
   agg = _component(aggregations.check_pair, mc, shapes)
+  _component(check_non_local, mc, shapes)
   if mc.local_dim:
     _component(backbones.check_local, mc, agg)
   entry.cls.check_config(c, purpose)
@@ -119,6 +120,8 @@ CONDITIONAL_KEYS = (
      "settings of the step schedule"),
     (("train.lr_end_factor", "train.lr_decay_steps"), lambda c: c.train.lr_schedule == "linear",
      "settings of the linear schedule"),
+    (("model.num_non_local", "model.channel_bottleneck"), lambda c: c.model.non_local,
+     "settings of the non-local blocks, with model.non_local=False"),
     (("eval.majority_weight",), lambda c: c.eval.test_method == "maj_voting",
      "read by eval.test_method=maj_voting only"),
     (("eval.pca_dataset", "eval.pca_split", "eval.pca_images"), lambda c: c.eval.pca_dim > 0,

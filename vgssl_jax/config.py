@@ -63,6 +63,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dinov2 = ml_collections.ConfigDict(
       {"embed_dim": 0, "depth": 0, "num_heads": 0, "img_size": 518,
        "final_norm": True})            # the final LayerNorm (SALAD applies it, BoQ does not)
+  # the rest of the original's zoo: CCT-14/7x2-384 (model.backbone=cct384; inputs exactly
+  # img_size x img_size) and HF ViT-B/16 (vit; 224 or 384)
+  c.model.cct = ml_collections.ConfigDict(
+      {"embed_dim": 384, "depth": 14, "num_heads": 6, "mlp_ratio": 3.0, "img_size": 384})
+  c.model.hf_vit = ml_collections.ConfigDict(
+      {"embed_dim": 768, "depth": 12, "num_heads": 12, "mlp_ratio": 4.0})
+  c.model.trunc_te = 0                 # CCT / ViT: keep the first N blocks (0: all)
+  c.model.freeze_te = 0                # CCT / ViT: freeze all but the blocks after N (0: none;
+                                       # -1: all but the blocks), as the original's --freeze_te
+  c.model.non_local = False            # non-local blocks between the map and the aggregation
+  c.model.num_non_local = 1            # ... applied this many times (one shared block)
+  c.model.channel_bottleneck = 128     # ... their inner channels
   c.model.train_blocks = 0             # token backbones: only the last N blocks learn (SALAD
                                        # 4, BoQ 2); 0: all blocks learn
   # aggregations of today's place recognition models (models/aggregations.py)

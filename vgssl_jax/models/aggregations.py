@@ -13,9 +13,10 @@ import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from vgssl_jax.models import backbones, boq, deit, mixvpr, pooling, salad
+from vgssl_jax.models import backbones, boq, crn, deit, mixvpr, pooling, rrm, salad
 from vgssl_jax.models.features import DESCRIBED, FEATURE_MAP, PREFIX, Features, FeatureShapes
 from vgssl_jax.models.layers import Dense, l2_normalize
 
@@ -36,9 +37,16 @@ class AggregationSpec:
   # how its parameters start from data (training.initial_weights.DATA_INITS), e.g. NetVLAD's
   # k-means over the backbone's local descriptors; None: from their initialisers
   data_init: str | None = None
+  # where under "aggregation" those parameters (NetVLAD's centroids and conv) live
+  data_init_at: tuple[str, ...] = ()
   # an FC (model.fc_output_dim > 0) maps the pooled map channels: what a CNN's saliency of
   # stage-2 local tokens needs (layer4 x FC)
   pooled_channels: bool = False
+  # whether it runs on a token sequence handed over as a map (FeatureShapes.sequence: CCT);
+  # the original crashes for SPoC, MAC, R-MAC, RRM and CRN there
+  on_sequence: bool = True
+  # (model config) -> its parameter paths that do not learn (CRN's acc_w, as the original)
+  frozen: Callable[..., tuple[str, ...]] = lambda mc: ()
 
 
 def _check_l2(mc, shapes) -> None:
@@ -62,17 +70,50 @@ def _check_heads(mc, shapes) -> None:
                      f"backbone gives {shapes.prefix_tokens}")
 
 
+def _fc(x: jax.Array, fc_output_dim: int) -> jax.Array:
+  """The original's wrapping of an aggregation with an FC: Linear, then L2; none without."""
+  if fc_output_dim:
+    return l2_normalize(Dense(fc_output_dim, name="fc")(x))
+  return x
+
+
 class ClsToken(nn.Module):
-  """The first class token, through an FC when fc_output_dim > 0, L2-normalised."""
+  """The first prefix token (a ViT's CLS; CCT's first token), as the original's `cls`:
+  unchanged, or through FC -> L2 when fc_output_dim > 0."""
   fc_output_dim: int = 0
 
   @nn.compact
   def __call__(self, features: Features, train: bool = False):
     del train
-    x = features.prefix[:, 0].astype(jnp.float32)
-    if self.fc_output_dim:
-      x = Dense(self.fc_output_dim, name="fc")(x)
-    return l2_normalize(x)
+    return _fc(features.prefix[:, 0].astype(jnp.float32), self.fc_output_dim)
+
+
+class SeqPool(nn.Module):
+  """CCT's sequence pooling (`seqpool`): softmax over the tokens of `attention_pool`
+  (Linear(C, 1)), the weighted sum; FC -> L2 when fc_output_dim > 0."""
+  fc_output_dim: int = 0
+
+  @nn.compact
+  def __call__(self, features: Features, train: bool = False):
+    del train
+    x = features.feature_map.astype(jnp.float32)
+    x = x.reshape(x.shape[0], -1, x.shape[-1])
+    weights = jax.nn.softmax(Dense(1, name="attention_pool")(x), axis=1)   # (N, T, 1)
+    return _fc(jnp.sum(weights * x, axis=1), self.fc_output_dim)
+
+
+class Identity(nn.Module):
+  """`none`: the map itself as the descriptor, flattened in the original's order (C, H, W)
+  (a token sequence: (tokens, C))."""
+  sequence: bool = False
+
+  @nn.compact
+  def __call__(self, features: Features, train: bool = False):
+    del train
+    x = features.feature_map.astype(jnp.float32)
+    if not self.sequence:
+      x = x.transpose(0, 3, 1, 2)
+    return x.reshape(x.shape[0], -1)
 
 
 def _check_salad(mc, shapes) -> None:
@@ -101,15 +142,39 @@ def _check_mixvpr(mc, shapes) -> None:
                      "mlp_ratio > 0")
 
 
+def _check_crn(mc, shapes) -> None:
+  _check_netvlad(mc, shapes)
+  h, w = shapes.map_hw
+  if h % 2 or w % 2:
+    raise ValueError(f"model.aggregation=crn needs a map of even height and width (its mask is "
+                     f"a x2 upsampling of a stride-2 pooling; the original crashes otherwise): "
+                     f"this image size gives {h}x{w}; change data.image_size")
+
+
+def _check_none(mc, shapes) -> None:
+  del shapes
+  if mc.fc_output_dim:
+    raise ValueError(f"model.aggregation=none passes the whole map on as the descriptor and "
+                     f"takes no FC (the original's Linear would not fit it): set "
+                     f"model.fc_output_dim=0 (it is {mc.fc_output_dim})")
+
+
+def _check_seqpool(mc, shapes) -> None:
+  del mc
+  if not shapes.sequence:
+    raise ValueError("model.aggregation=seqpool pools a token sequence (model.backbone=cct384)")
+
+
 def _pooling(name: str) -> AggregationSpec:
   return AggregationSpec(
       name, (FEATURE_MAP,),
-      build=lambda mc, shapes: pooling.Pooling(mc.fc_output_dim, name, mc.l2, mc.netvlad_clusters),
+      build=lambda mc, shapes: pooling.Pooling(mc.fc_output_dim, name, mc.l2, mc.netvlad_clusters,
+                                               shapes.sequence),
       size=lambda mc, shapes: mc.fc_output_dim or shapes.map_channels,
       description={"gem": "generalised mean (learnable p)", "spoc": "average pooling",
                    "mac": "max pooling", "rmac": "regional max pooling (3 scales)"}[name]
       + ", L2 by model.l2, FC when model.fc_output_dim > 0",
-      keys=("model.l2",), check=_check_l2, pooled_channels=True)
+      keys=("model.l2",), check=_check_l2, pooled_channels=True, on_sequence=name == "gem")
 
 
 AGGREGATIONS: dict[str, AggregationSpec] = {
@@ -117,11 +182,12 @@ AGGREGATIONS: dict[str, AggregationSpec] = {
     "netvlad": AggregationSpec(
         "netvlad", (FEATURE_MAP,),
         build=lambda mc, shapes: pooling.Pooling(mc.fc_output_dim, "netvlad", mc.l2,
-                                                 mc.netvlad_clusters),
+                                                 mc.netvlad_clusters, shapes.sequence),
         size=lambda mc, shapes: mc.fc_output_dim or mc.netvlad_clusters * shapes.map_channels,
         description="NetVLAD (model.netvlad_clusters, k-means initialised), FC when "
                     "model.fc_output_dim > 0",
-        keys=("model.netvlad_clusters",), check=_check_netvlad, data_init="kmeans"),
+        keys=("model.netvlad_clusters",), check=_check_netvlad, data_init="kmeans",
+        data_init_at=("netvlad",)),
     deit.AGGREGATION: AggregationSpec(
         deit.AGGREGATION, (PREFIX,),
         build=lambda mc, shapes: deit.DistilledHeads(mc.fc_output_dim),
@@ -131,7 +197,30 @@ AGGREGATIONS: dict[str, AggregationSpec] = {
     "cls": AggregationSpec(
         "cls", (PREFIX,), build=lambda mc, shapes: ClsToken(mc.fc_output_dim),
         size=lambda mc, shapes: mc.fc_output_dim or shapes.token_dim,
-        description="the cls token, FC when model.fc_output_dim > 0, L2"),
+        description="the first class token (CCT: its first token), FC -> L2 when "
+                    "model.fc_output_dim > 0, as it is otherwise"),
+    "seqpool": AggregationSpec(
+        "seqpool", (FEATURE_MAP,), build=lambda mc, shapes: SeqPool(mc.fc_output_dim),
+        size=lambda mc, shapes: mc.fc_output_dim or shapes.token_dim,
+        description="CCT's sequence pooling (attention weights over the tokens), FC -> L2 "
+                    "when model.fc_output_dim > 0", check=_check_seqpool),
+    "none": AggregationSpec(
+        "none", (FEATURE_MAP,), build=lambda mc, shapes: Identity(shapes.sequence),
+        size=lambda mc, shapes: shapes.map_channels * shapes.map_hw[0] * shapes.map_hw[1],
+        description="the map itself, flattened (no FC)", check=_check_none),
+    "rrm": AggregationSpec(
+        "rrm", (FEATURE_MAP,), build=lambda mc, shapes: rrm.RRM(mc.fc_output_dim),
+        size=lambda mc, shapes: mc.fc_output_dim or shapes.map_channels,
+        description="RRM: average, LayerNorm, residual MLP, LayerNorm, L2 (FC when "
+                    "model.fc_output_dim > 0)", on_sequence=False),
+    "crn": AggregationSpec(
+        "crn", (FEATURE_MAP,),
+        build=lambda mc, shapes: crn.CRN(mc.netvlad_clusters, mc.fc_output_dim),
+        size=lambda mc, shapes: mc.fc_output_dim or mc.netvlad_clusters * shapes.map_channels,
+        description="CRN: NetVLAD weighted by a contextual mask (even map sizes; FC when "
+                    "model.fc_output_dim > 0)",
+        keys=("model.netvlad_clusters",), check=_check_crn, data_init="kmeans",
+        on_sequence=False, frozen=lambda mc: ("crn/acc_w",)),
     "salad": AggregationSpec(
         "salad", (FEATURE_MAP, PREFIX),
         build=lambda mc, shapes: salad.Salad(**mc.salad.to_dict()),
@@ -181,8 +270,18 @@ def check_pair(model_config, shapes: FeatureShapes) -> AggregationSpec:
     raise ValueError(f"model.aggregation={agg.name} reads {DESCRIBED[missing[0]]}, but "
                      f"model.backbone={mc.backbone} gives {gives}: use one of "
                      f"{', '.join(fitting(shapes))}")
+  if shapes.sequence and not agg.on_sequence:
+    raise ValueError(f"model.aggregation={agg.name} needs a 4-D map, but model.backbone="
+                     f"{mc.backbone} gives a token sequence (the original crashes): use one of "
+                     f"{', '.join(n for n in fitting(shapes) if AGGREGATIONS[n].on_sequence)}")
   agg.check(mc, shapes)
   return agg
+
+
+def frozen_modules(model_config) -> tuple[str, ...]:
+  """Paths under "net" of the aggregation's parameters that do not learn."""
+  agg = spec(backbones.aggregation_name(model_config))
+  return tuple(f"aggregation/{p}" for p in agg.frozen(model_config))
 
 
 def build_aggregation(model_config, shapes: FeatureShapes) -> tuple[nn.Module, int]:

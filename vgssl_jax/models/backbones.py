@@ -19,10 +19,10 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 
-from vgssl_jax.models import deit, dinov2, local_tokens, resnet
+from vgssl_jax.models import cct, deit, dinov2, hf_vit, local_tokens, resnet, vgg
 from vgssl_jax.models.features import FEATURE_MAP, PREFIX, REGISTERS, Features, FeatureShapes
 from vgssl_jax.models.layers import Dtype
-from vgssl_jax.models.weights import dinov2_weights, timm_deit, torchvision
+from vgssl_jax.models.weights import dinov2_weights, timm_deit, torchvision, zoo_weights
 from vgssl_jax.models.weights.original import OriginalNames
 
 # (features, the aggregation's parameters, num_local, (H, W)) -> (features (N, n, C),
@@ -234,7 +234,128 @@ DINOV2 = BackboneFamily(
     frozen=lambda mc, size, registers: dinov2.frozen_paths(_dinov2_size(mc, size).depth,
                                                           mc.train_blocks, registers))
 
-FAMILIES: tuple[BackboneFamily, ...] = (RESNET, DEIT, DINOV2)
+# ----------------------------------------------------------------------------- VGG16, AlexNet
+
+def _check_plain(mc, image_size, arch):
+  h, w = vgg.grid(arch, image_size)
+  if h < 1 or w < 1:
+    raise ValueError(f"data.image_size={image_size[0]},{image_size[1]} is too small for {arch} "
+                     "(its map would be empty)")
+  if mc.width < 1:
+    raise ValueError(f"model.width={mc.width} must be >= 1 (64: torchvision's)")
+
+
+def _is_plain_state(state) -> bool:
+  keys = {k.removeprefix("backbone.") for k in state}
+  return ("28.weight" in keys or "10.weight" in keys) and not any(
+      k.startswith(("4.0.", "layer1.")) for k in keys)
+
+
+PLAIN_CNN = BackboneFamily(
+    name="vgg", names="vgg16, alexnet", parse=lambda n: {"arch": n} if n in vgg.LAYERS else None,
+    build=lambda mc, dtype, image_size, arch: vgg.PlainCNN(arch, mc.width, dtype),
+    shapes=lambda mc, image_size, arch: FeatureShapes(
+        (FEATURE_MAP,), map_channels=vgg.channels(arch, mc.width),
+        map_hw=vgg.grid(arch, image_size)),
+    default_aggregation="gem", load_pretrained=zoo_weights.load_plain_cnn,
+    weights="torchvision's ImageNet VGG16 / AlexNet weights (vgg16-397923af.pth, "
+            "alexnet-owt-7be5be79.pth)",
+    original=OriginalNames("a VGG16 / AlexNet", _is_plain_state), check=_check_plain,
+    keys=("model.width",),
+    frozen=lambda mc, arch: () if mc.unfreeze else vgg.FROZEN[arch])
+
+
+# ----------------------------------------------------------------------------- CCT and ViT
+
+def _kept_blocks(mc, depth: int) -> int:
+  """The blocks kept by model.trunc_te (0: all, as the original's falsy 0)."""
+  return mc.trunc_te if mc.trunc_te else depth
+
+
+def _check_trunc_freeze(mc, depth: int) -> None:
+  if not 0 <= mc.trunc_te <= depth:
+    raise ValueError(f"model.trunc_te={mc.trunc_te} must be in 0..{depth} (0: keep all blocks)")
+  if mc.freeze_te < -1 or mc.freeze_te > depth:
+    raise ValueError(f"model.freeze_te={mc.freeze_te} must be in -1..{depth} (0: nothing "
+                     "frozen; k: all but the blocks after k; -1: all but the blocks)")
+
+
+def _frozen_blocks(mc, depth: int, blocks: str, others: tuple[str, ...]) -> tuple[str, ...]:
+  """The original's --freeze_te k: every backbone parameter frozen, then the blocks with
+  index > k learn again (so embeddings and the final norm stay frozen); 0 freezes nothing.
+  --unfreeze does not apply to these backbones."""
+  if not mc.freeze_te:
+    return ()
+  kept = _kept_blocks(mc, depth)
+  return others + tuple(f"{blocks}/{i}" for i in range(min(mc.freeze_te + 1, kept)))
+
+
+def _check_cct(mc, image_size):
+  c = mc.cct
+  _check_trunc_freeze(mc, c.depth)
+  if c.embed_dim % c.num_heads or min(c.embed_dim, c.depth, c.num_heads) < 1:
+    raise ValueError(f"model.cct.embed_dim={c.embed_dim} must be a positive multiple of "
+                     f"model.cct.num_heads={c.num_heads}")
+  if tuple(image_size) != (c.img_size, c.img_size):
+    raise ValueError(f"data.image_size={image_size[0]},{image_size[1]}: CCT's position "
+                     f"embedding is made for {c.img_size}x{c.img_size} images (the original "
+                     f"needs --resize {c.img_size} {c.img_size}); set --config.data.image_size="
+                     f"{c.img_size},{c.img_size} (and eval.image_size alike) or model.cct.img_size")
+
+
+CCT = BackboneFamily(
+    name="cct", names="cct384", parse=lambda n: {} if n == "cct384" else None,
+    build=lambda mc, dtype, image_size: cct.CCT(
+        mc.cct.embed_dim, _kept_blocks(mc, mc.cct.depth), mc.cct.num_heads, mc.cct.mlp_ratio,
+        mc.cct.img_size, dtype),
+    shapes=lambda mc, image_size: FeatureShapes(
+        (FEATURE_MAP, PREFIX), map_channels=mc.cct.embed_dim,
+        map_hw=(cct.grid(mc.cct.img_size),) * 2, token_dim=mc.cct.embed_dim, prefix_tokens=1,
+        sequence=True),
+    default_aggregation="seqpool", load_pretrained=zoo_weights.load_cct,
+    weights="the CCT release's weights (cct_14_7x2_384_imagenet.pth)",
+    original=OriginalNames("a CCT", lambda state: any(
+        "tokenizer.conv_layers." in k for k in state)),
+    check=_check_cct, keys=("model.cct.", "model.trunc_te", "model.freeze_te"),
+    frozen=lambda mc: _frozen_blocks(
+        mc, mc.cct.depth, "classifier/blocks",
+        ("tokenizer", "classifier/positional_emb", "classifier/norm")))
+
+
+def _check_vit(mc, image_size):
+  v = mc.hf_vit
+  _check_trunc_freeze(mc, v.depth)
+  if v.embed_dim % v.num_heads or min(v.embed_dim, v.depth, v.num_heads) < 1:
+    raise ValueError(f"model.hf_vit.embed_dim={v.embed_dim} must be a positive multiple of "
+                     f"model.hf_vit.num_heads={v.num_heads}")
+  h, w = image_size
+  if h != w or h not in hf_vit.SIZES:
+    raise ValueError(f"data.image_size={h},{w}: the original's ViT is "
+                     "google/vit-base-patch16-224-in21k at 224,224 or google/vit-base-patch16-384 "
+                     "at 384,384; set --config.data.image_size=224,224 or 384,384")
+  if mc.fc_output_dim:
+    raise ValueError(f"model.fc_output_dim={mc.fc_output_dim}: the original's ViT descriptor is "
+                     "its CLS token and it never applies an FC (the setting only changes the "
+                     "size it reports); set model.fc_output_dim=0")
+
+
+VIT = BackboneFamily(
+    name="vit", names="vit", parse=lambda n: {} if n == "vit" else None,
+    build=lambda mc, dtype, image_size: hf_vit.HFViT(
+        mc.hf_vit.embed_dim, _kept_blocks(mc, mc.hf_vit.depth), mc.hf_vit.num_heads,
+        mc.hf_vit.mlp_ratio, image_size[0], dtype),
+    shapes=lambda mc, image_size: FeatureShapes(
+        (PREFIX,), token_dim=mc.hf_vit.embed_dim, prefix_tokens=1),
+    default_aggregation="cls", load_pretrained=zoo_weights.load_hf_vit,
+    weights="Hugging Face ViT weights (pytorch_model.bin / model.safetensors of "
+            "google/vit-base-patch16-224-in21k or -384)",
+    original=OriginalNames("a ViT", lambda state: any(
+        "embeddings.patch_embeddings." in k for k in state)),
+    check=_check_vit, keys=("model.hf_vit.", "model.trunc_te", "model.freeze_te"),
+    frozen=lambda mc: _frozen_blocks(mc, mc.hf_vit.depth, "encoder/layer",
+                                     ("embeddings", "layernorm")))
+
+FAMILIES: tuple[BackboneFamily, ...] = (RESNET, DEIT, DINOV2, PLAIN_CNN, CCT, VIT)
 
 
 def family(name: str) -> tuple[BackboneFamily, dict]:

@@ -49,3 +49,7 @@ class FeatureShapes:
   token_dim: int = 0
   prefix_tokens: int = 0
   registers: int = 0
+  # the original hands this map to the aggregation as a token sequence (N, tokens, C): CCT.
+  # Its GeM with l2=before_pool then normalises over the tokens, and the poolings that need
+  # a 4-D map crash there (models.aggregations refuses them)
+  sequence: bool = False

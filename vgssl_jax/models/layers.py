@@ -60,21 +60,28 @@ class Conv(nn.Module):
   stride: int = 1
   padding: int = 0
   dtype: Dtype = jnp.float32
+  use_bias: bool = False  # VGG, AlexNet, the non-local blocks', CRN's convolutions
+  kernel_init: Any = None  # default: torchvision's ResNet init (conv_kernel_init)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
-    kernel = self.param("kernel", conv_kernel_init, (k, k, x.shape[-1], self.features),
-                        jnp.float32).astype(self.dtype)
+    kernel = self.param("kernel", self.kernel_init or conv_kernel_init,
+                        (k, k, x.shape[-1], self.features), jnp.float32).astype(self.dtype)
     x = x.astype(self.dtype)
     if k == 1 and self.padding == 0:
       if self.stride > 1:
         x = x[:, ::self.stride, ::self.stride, :]
-      return jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0])
-    return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(self.stride, self.stride),
-        padding=((self.padding, self.padding), (self.padding, self.padding)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      y = jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0])
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, window_strides=(self.stride, self.stride),
+          padding=((self.padding, self.padding), (self.padding, self.padding)),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,),
+                         jnp.float32).astype(self.dtype)
+    return y
 
 
 class BatchNorm(nn.Module):

@@ -18,6 +18,7 @@ from vgssl_jax.models import aggregations, backbones
 from vgssl_jax.models.features import Features
 from vgssl_jax.models.heads import Projector
 from vgssl_jax.models.layers import Dense, Dtype
+from vgssl_jax.models.non_local import NonLocalBlock
 from vgssl_jax.models.r2former import R2Former
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -50,6 +51,8 @@ class GeoLocalizationNet(nn.Module):
   finetune: bool = False
   local_tokens: Callable | None = None   # backbones.LocalTokens of the family
   cpu_dots: bool = False
+  non_local: NonLocalBlock | None = None  # the original's --non_local: one block, applied
+  num_non_local: int = 1                  # num_non_local times (its blocks share weights)
 
   @property
   def projection_dim(self) -> int:
@@ -61,6 +64,11 @@ class GeoLocalizationNet(nn.Module):
     if local and self.local_head is None:
       raise ValueError("this network has no local tokens (model.local_dim = 0)")
     features: Features = self.backbone(images, train, tokens=local)
+    if self.non_local is not None:
+      fmap = features.feature_map
+      for _ in range(self.num_non_local):
+        fmap, _ = self.non_local(fmap)
+      features = features.replace(feature_map=fmap)
     if self.dtype != jnp.float32:
       # Materialise the bfloat16 backbone outputs before the float32 aggregation: with the
       # two fused, XLA's CPU compiler produced NaN descriptors for batches of 128 (jax
@@ -119,8 +127,24 @@ def build_model(model_config, projector_family: str, image_size) -> GeoLocalizat
                  finetune=bool(mc.finetune), local_tokens=fam.local_tokens)
   # the R2Former's attention is slower with oneDNN's products (cpu_env)
   cpu_dots = backbones.cpu_dots(mc) and not mc.local_dim
+  non_local = dict(non_local=NonLocalBlock(mc.channel_bottleneck, dtype, name="non_local"),
+                   num_non_local=mc.num_non_local) if mc.non_local else {}
   return GeoLocalizationNet(backbone, aggregation, projector, size, dtype, cpu_dots=cpu_dots,
-                            **local)
+                            **local, **non_local)
+
+
+def check_non_local(model_config, shapes) -> None:
+  """ValueError when model.non_local cannot run on what the backbone gives."""
+  mc = model_config
+  if not mc.non_local:
+    return
+  if "feature_map" not in shapes.outputs or shapes.sequence:
+    raise ValueError(f"model.non_local: the non-local blocks read a 4-D feature map, which "
+                     f"model.backbone={mc.backbone} does not give (the original crashes); set "
+                     "model.non_local=False")
+  if mc.num_non_local < 1 or mc.channel_bottleneck < 1:
+    raise ValueError(f"model.num_non_local={mc.num_non_local} and model.channel_bottleneck="
+                     f"{mc.channel_bottleneck} must be >= 1")
 
 
 def init_variables(model: GeoLocalizationNet, key: jax.Array, image_size) -> dict:

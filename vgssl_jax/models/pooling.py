@@ -99,6 +99,27 @@ class _Conv1x1(nn.Module):
                       (1, 1, channels, self.clusters), jnp.float32)
 
 
+def netvlad_params(module: nn.Module, clusters: int, channels: int):
+  """(centroids (K, C), conv kernel (1, 1, C, K)) declared in `module` (NetVLAD, CRN)."""
+  centroids = module.param("centroids", nn.initializers.uniform(1.0), (clusters, channels),
+                           jnp.float32)
+  return centroids, _Conv1x1(clusters, name="conv")(channels)
+
+
+def vlad(x: jax.Array, centroids: jax.Array, kernel: jax.Array,
+         weights: jax.Array | None = None) -> jax.Array:
+  """NetVLAD of L2-normalised local descriptors x (N, T, C): soft-assignment (softmax over
+  the clusters of a bias-free 1x1 convolution; times `weights` (N, T) when given: CRN's
+  mask), residual sums, intra-normalisation, flatten cluster-major, L2."""
+  n = x.shape[0]
+  assign = jax.nn.softmax(x @ kernel[0, 0], axis=-1)              # (N, T, K)
+  if weights is not None:
+    assign = assign * weights[..., None]
+  vlad_ = jnp.einsum("nik,nic->nkc", assign, x) - assign.sum(1)[..., None] * centroids
+  vlad_ = l2_normalize(vlad_, axis=-1)                            # intra-normalisation
+  return l2_normalize(vlad_.reshape(n, -1), axis=-1), assign
+
+
 class NetVLAD(nn.Module):
   """NetVLAD with `clusters` clusters on C channels: (N, H, W, C) -> (N, clusters * C).
 
@@ -109,14 +130,11 @@ class NetVLAD(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
-    centroids = self.param("centroids", nn.initializers.uniform(1.0), (self.clusters, c),
-                           jnp.float32)
-    conv = _Conv1x1(self.clusters, name="conv")(c)
+    centroids, kernel = netvlad_params(self, self.clusters, c)
     x = l2_normalize(x.reshape(n, h * w, c), axis=-1)            # across the descriptor dim
-    assign = jax.nn.softmax(x @ conv[0, 0], axis=-1)             # (N, HW, K)
-    vlad = jnp.einsum("nik,nic->nkc", assign, x) - assign.sum(1)[..., None] * centroids
-    vlad = l2_normalize(vlad, axis=-1)                          # intra-normalisation
-    return l2_normalize(vlad.reshape(n, -1), axis=-1)
+    v, assign = vlad(x, centroids, kernel)
+    self.sow("intermediates", "soft_assign", assign)
+    return v
 
 
 def netvlad_init_params(centroids: np.ndarray, descriptors: np.ndarray) -> dict:
@@ -143,6 +161,7 @@ class Pooling(nn.Module):
   kind: str = "gem"
   l2: str = "before_pool"
   clusters: int = 64
+  sequence: bool = False  # the map is the original's token sequence (FeatureShapes.sequence)
 
   @nn.compact
   def __call__(self, features: Features | jax.Array, train: bool = False) -> jax.Array:
@@ -152,7 +171,11 @@ class Pooling(nn.Module):
     if self.kind == "netvlad":
       v = NetVLAD(self.clusters, name="netvlad")(x)
     else:
-      if self.l2 == "before_pool":
+      if self.l2 == "before_pool" and self.sequence:
+        # the original's L2Norm(dim=1) on (N, tokens, C) normalises over the tokens
+        n, h, w, c = x.shape
+        x = l2_normalize(x.reshape(n, h * w, c), axis=1).reshape(n, h, w, c)
+      elif self.l2 == "before_pool":
         x = l2_normalize(x, axis=-1)  # over channels at every location
       if self.kind == "gem":
         v = GeM(name="gem")(x)

@@ -182,9 +182,18 @@ def with_netvlad_init(state: TrainState, config, places, embedder: Embedder,
   logging.info("NetVLAD initialised by k-means: %d clusters over %d descriptors of %d images, "
                "alpha %.2f", clusters, len(descriptors), len(picks), init["alpha"])
   params = dict(variables["params"])
-  params["aggregation"] = {**params["aggregation"],
-                           "netvlad": {"centroids": init["centroids"], "conv": init["conv"]}}
+  # where the aggregation keeps them (NetVLAD: its "netvlad" module; CRN: itself)
+  at = aggregations.spec(backbones.aggregation_name(config.model)).data_init_at
+  vlad_params = {"centroids": init["centroids"], "conv": init["conv"]}
+  params["aggregation"] = _merged(params["aggregation"], at, vlad_params)
   return replace_net(state, {**variables, "params": params}, mesh)
+
+
+def _merged(tree: dict, path: tuple[str, ...], values: dict) -> dict:
+  """`tree` with `values` merged in at `path`."""
+  if not path:
+    return {**tree, **values}
+  return {**tree, path[0]: _merged(tree.get(path[0], {}), path[1:], values)}
 
 
 # how an aggregation's parameters start from data (models.aggregations.AggregationSpec.data_init)

@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from vgssl_jax import checkpoints, interrupts, sharding
 from vgssl_jax.resume import config_changes
 from vgssl_jax.errors import Preempted, TrainingDiverged
-from vgssl_jax.models import backbones
+from vgssl_jax.models import aggregations, backbones
 from vgssl_jax.objectives.base import Objective, retrieval_variables
 from vgssl_jax.progress import Progress
 from vgssl_jax.training.epochs import EpochSource
@@ -125,7 +125,9 @@ class Trainer:
     tc = config.train
     self.tx = make_optimizer(tc.lr, tc.optimizer, tc.weight_decay)
     self.step_fn = jit_train_step(objective, self.tx, mesh, tc.grad_accum_steps,
-                                  backbones.frozen_modules(config.model) + tuple(objective.frozen))
+                                  backbones.frozen_modules(config.model)
+                                  + aggregations.frozen_modules(config.model)
+                                  + tuple(objective.frozen))
     self.metrics = MetricsWriter(workdir)
     self.signals = _Signals()
     self.mngr = checkpoints.manager(os.path.join(workdir, "checkpoints"), tc.keep_checkpoints)
@@ -255,7 +257,7 @@ class Trainer:
   def train_epoch(self, state: TrainState, progress: dict) -> tuple[TrainState, dict, dict]:
     """Runs (the rest of) epoch progress["epoch"]; returns the state, the progress at the
     epoch's end and the epoch record."""
-    tc, epoch = self.config.train, progress["epoch"]
+    epoch = progress["epoch"]
     while progress["segment"] < self.source.segments(epoch):
       state, progress = self.train_segment(state, progress)
       progress = {**progress, "segment": progress["segment"] + 1, "step_in_segment": 0,

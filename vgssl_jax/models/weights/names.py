@@ -28,7 +28,10 @@ _PARAM_NAMES = {"scale": "weight", "bias": "bias", "kernel": "weight", "p": "p",
                 "gamma": "gamma", "register_tokens": "register_tokens", "mask_token": "mask_token",
                 # torch's nn.MultiheadAttention (BoQ), BoQ's queries, SALAD's dust bin
                 "in_proj_weight": "in_proj_weight", "in_proj_bias": "in_proj_bias",
-                "queries": "queries", "dust_bin": "dust_bin"}
+                "queries": "queries", "dust_bin": "dust_bin",
+                # CCT's and HF ViT's position embeddings
+                "positional_emb": "positional_emb",
+                "position_embeddings": "position_embeddings"}
 _STAT_NAMES = {"mean": "running_mean", "var": "running_var"}
 
 

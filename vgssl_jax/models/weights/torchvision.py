@@ -32,13 +32,24 @@ def original_to_ours(key: str) -> str:
   return key
 
 
+def ours_to_original(key: str) -> str:
+  """`backbone.layer1.0.conv1.weight` -> `backbone.4.0.conv1.weight`: the inverse of
+  original_to_ours."""
+  if not key.startswith("backbone."):
+    return key
+  head, _, rest = key[len("backbone."):].partition(".")
+  index = {v: k for k, v in SEQUENTIAL_BACKBONE.items()}.get(head)
+  return f"backbone.{index}.{rest}" if index is not None else key
+
+
 def _is_resnet_state(state) -> bool:
   names = {original_to_ours(k) for k in state}
   return any(k.startswith(("backbone.conv1.", "backbone.layer", "conv1.", "layer1."))
              for k in names)
 
 
-ORIGINAL_NAMES = OriginalNames("a ResNet", _is_resnet_state, to_ours=original_to_ours)
+ORIGINAL_NAMES = OriginalNames("a ResNet", _is_resnet_state, to_ours=original_to_ours,
+                               to_original=ours_to_original)
 
 
 def load_torchvision_backbone(path: str, variables: dict) -> dict:
