@@ -28,7 +28,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def objective(method: str, backbone: str, width: int, fc_output_dim: int, n_layers: int,
               projection_size: int, dtype: str = "float32", vit: str = "384,12,6",
-              image_size=(224, 224)):
+              image_size=(224, 224), aggregation: str = "", cct: str = "384,14,6"):
   """The SSL objective of a stage-1 step to time, with the original's augmentation (RRC
   0.25 and the batch flip: base_config's defaults). `vit`: a DeiT's "embed_dim,depth,heads"."""
   from vgssl_jax.config import base_config
@@ -41,6 +41,10 @@ def objective(method: str, backbone: str, width: int, fc_output_dim: int, n_laye
   c.model.backbone, c.model.width, c.model.dtype = backbone, width, dtype
   c.model.n_layers, c.model.projection_size = n_layers, projection_size
   c.model.fc_output_dim = fc_output_dim
+  c.model.aggregation = aggregation
+  dim, depth, heads = (int(v) for v in cct.split(","))
+  c.model.cct.update({"embed_dim": dim, "depth": depth, "num_heads": heads,
+                      "img_size": image_size[0]})
   return build_objective(c)
 
 
@@ -77,6 +81,10 @@ def add_step_options(p) -> None:
   p.add_argument("--width", type=int, default=64, help="ResNet channel width (64: torchvision)")
   p.add_argument("--vit", default="384,12,6",
                  help="DeiT embed_dim,depth,num_heads (with --backbone deit; DeiT-S default)")
+  p.add_argument("--aggregation", default="",
+                 help="model.aggregation ('' = the backbone's; with --compare-torch: gem, or "
+                      "netvlad with vgg16, seqpool with cct384)")
+  p.add_argument("--cct", default="384,14,6", help="CCT embed_dim,depth,num_heads (cct384)")
   p.add_argument("--resolution", default="224x224", help="HxW of the input images")
   p.add_argument("--batch", type=int, default=8, help="pairs per step")
   p.add_argument("--n-layers", type=int, default=2)
@@ -95,7 +103,8 @@ def step_from_options(a, mesh):
   """(image size, state, jitted step, batch) of the step `add_step_options` describes."""
   size = parse_size(a.resolution)
   step_objective = objective(a.method, a.backbone, a.width, a.fc_output_dim, a.n_layers,
-                             a.projection_size, a.dtype, vit=a.vit, image_size=size)
+                             a.projection_size, a.dtype, vit=a.vit, image_size=size,
+                             aggregation=a.aggregation, cct=a.cct)
   negatives = a.negatives if a.method in SUPERVISED else 0
   return (size, *stage_one_step(step_objective, size, a.batch, mesh, negatives=negatives))
 

@@ -47,6 +47,9 @@ def main():
   p.add_argument("--dtype", default="float32")
   p.add_argument("--deit", default="", help="embed_dim,depth,num_heads: the DeiT step")
   p.add_argument("--triplet", type=int, default=0, help="M > 0: train.py's triplet step")
+  p.add_argument("--zoo", default="", help="vgg16_netvlad | cct384_seqpool: that network")
+  p.add_argument("--clusters", type=int, default=64)
+  p.add_argument("--cct", default="384,14,6", help="CCT embed_dim,depth,num_heads")
   a = p.parse_args()
   h, w = common.parse_size(a.resolution)
   torch.manual_seed(0)
@@ -54,8 +57,13 @@ def main():
   if a.deit:
     dim, depth, heads = (int(v) for v in a.deit.split(","))
     deit = {"image_size": (h, w), "embed_dim": dim, "depth": depth, "num_heads": heads}
+  zoo = None
+  if a.zoo:
+    dim, depth, heads = (int(v) for v in a.cct.split(","))
+    zoo = {"net": a.zoo, "clusters": a.clusters} if a.zoo.startswith("vgg") else {
+        "net": a.zoo, "cct": {"img_size": h, "dim": dim, "depth": depth, "heads": heads}}
   step = make_step(a.depth, a.width, a.fc_output_dim, a.projection_size, dtype=a.dtype,
-                   deit=deit, triplet_negatives=a.triplet)
+                   deit=deit, triplet_negatives=a.triplet, zoo=zoo)
   x = torch.randn(a.batch * (1 + a.triplet), 3, h, w) if a.triplet else torch.randn(a.batch, 3, h, w)
   y = torch.randn(a.batch, 3, h, w)
   print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}),

@@ -29,8 +29,12 @@ from vgssl_jax.models.resnet import parse_backbone  # noqa: E402
 
 def torch_worker(python: str, a) -> common.TorchWorker:
   """benchmarks/torch_step.py in a subprocess: `run(n)` -> n step times (seconds)."""
-  net = ["--deit", a.vit] if a.backbone == "deit" else [
-      "--depth", str(parse_backbone(a.backbone)[0]), "--width", str(a.width)]
+  if a.backbone in ("vgg16", "cct384"):  # the zoo's classic pairs
+    net = ["--zoo", f"{a.backbone}_{a.aggregation or 'seqpool'}", "--width", str(a.width),
+           "--cct", a.cct]
+  else:
+    net = ["--deit", a.vit] if a.backbone == "deit" else [
+        "--depth", str(parse_backbone(a.backbone)[0]), "--width", str(a.width)]
   return common.TorchWorker(
       python, "torch_step.py", *net, "--resolution", a.resolution, "--batch", str(a.batch),
       "--projection-size", str(a.projection_size), "--fc-output-dim", str(a.fc_output_dim),

@@ -229,3 +229,41 @@ def test_dinov2_weights_of_another_model_are_refused_with_the_setting(tmp_path):
   mc.pretrained = resnet
   with pytest.raises(ConfigError, match="not a DINOv2 checkpoint"):
     backbones.load_pretrained(mc, zeros_like_tree(net, size), size)
+
+
+@pytest.mark.parametrize("layout", ["cirtorch", "naver"])
+def test_off_the_shelf_gem_networks_import_in_their_layouts(layout, tmp_path):
+  """The original's --off_the_shelf files: cirtorch's `features.<Sequential index>`,
+  `pool.p`, `whiten.*` and Naver's `module.<torchvision names>`, `module.adpool.p`,
+  `module.fc.*` (+ its `last_linear` alias), written from a network and read back into it
+  with every tensor in place."""
+  mc = tiny_model_config(backbone="resnet50conv5", width=8, aggregation="gem", l2="after_pool",
+                         fc_output_dim=2048, n_layers=0)
+  size = (64, 64)
+  net = build_model(mc, None, size)
+  variables = jax.device_get(init_variables(net, jax.random.PRNGKey(3), size))
+  variables["batch_stats"] = jax.tree.map(lambda x: x + 0.5, variables["batch_stats"])
+  ours = export.descriptor_state(variables, lambda k: k)   # our export names
+  state = {}
+  for key, value in ours.items():
+    part, rest = key.split(".", 1)
+    if layout == "cirtorch":
+      if part == "backbone":
+        head, tail = rest.split(".", 1)
+        state[f"features.{SEQUENTIAL.get(head, {'layer4': '7'}.get(head))}.{tail}"] = value
+      else:
+        state[{"gem": "pool", "fc": "whiten"}[rest.split(".")[0]] + "." + rest.split(".", 1)[1]] = value
+    else:
+      name = rest if part == "backbone" else rest.replace("gem.", "adpool.")
+      state[f"module.{name}"] = value
+      if name.startswith("fc."):
+        state[f"module.last_linear.{name[3:]}"] = value
+  path = str(tmp_path / "net.pth")
+  torch_files.save({"state_dict": state, "meta": {"architecture": "resnet50"}} if layout ==
+                   "cirtorch" else {"state_dict": state}, path)
+  loaded = importer.import_file(path, zeros_like_tree(net, size), mc)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(a, b)
+  mc.l2 = "before_pool"  # not the off-the-shelf network: the config to use is named
+  with pytest.raises(ConfigError, match="configs/off_the_shelf.py"):
+    importer.import_file(path, zeros_like_tree(build_model(mc, None, size), size), mc)

@@ -344,3 +344,33 @@ def test_netvlad_initialisation_matches_the_original():
   np.testing.assert_allclose(init["centroids"], A["netvlad_init/w/centroids"], atol=1e-6)
   np.testing.assert_allclose(init["conv"]["kernel"].transpose(3, 2, 0, 1),
                              A["netvlad_init/w/conv.weight"], rtol=1e-5, atol=1e-5)
+
+
+ZOO_RUNS = {
+    "vgg16": ["--config.model.aggregation=netvlad", "--config.model.netvlad_clusters=4",
+              "--config.model.fc_output_dim=0", "--config.model.non_local=True",
+              "--config.model.channel_bottleneck=4"],
+    "alexnet": ["--config.model.aggregation=rrm"],
+    "cct384": ["--config.data.image_size=32,32", "--config.model.cct.img_size=32",
+               "--config.model.cct.embed_dim=16", "--config.model.cct.depth=2",
+               "--config.model.cct.num_heads=2", "--config.model.trunc_te=1",
+               "--config.model.freeze_te=-1"],
+    "vit": ["--config.data.image_size=224,224", "--config.model.hf_vit.embed_dim=16",
+            "--config.model.hf_vit.depth=1", "--config.model.hf_vit.num_heads=2",
+            "--config.model.fc_output_dim=0"],
+}
+
+
+@pytest.mark.parametrize("backbone", ZOO_RUNS)
+def test_every_zoo_backbone_trains_and_evaluates_through_main(backbone, tiny_root, tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  from tests.conftest import run_python, tiny_overrides  # pylint: disable=import-outside-toplevel
+  from tests.test_main import main_args  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "run")
+  proc = run_python(main_args(workdir, *tiny_overrides(tiny_root),
+                              f"--config.model.backbone={backbone}", *ZOO_RUNS[backbone],
+                              "--config.eval.before=False"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.load(open(os.path.join(workdir, "results.json")))["after"]["synthetic"]
+  assert 0 <= r["recall@1"] <= r["recall@5"] <= 100

@@ -283,8 +283,105 @@ class StageOneDeiT(nn.Module):
     return self.projector(self.backbone(x))
 
 
+def vgg16_features(width: int = 64) -> nn.Sequential:
+  """torchvision's VGG16 `features[:-2]` (the original's vgg16 backbone), width-scaled."""
+  layers, c = [], 3
+  for v in [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]:
+    if v == "M":
+      layers.append(nn.MaxPool2d(2, 2))
+    else:
+      layers += [nn.Conv2d(c, v * width // 64, 3, padding=1), nn.ReLU(inplace=True)]
+      c = v * width // 64
+  return nn.Sequential(*layers[:-1])  # the last ReLU cut off (with the pool)
+
+
+class NetVLAD(nn.Module):
+  """The benchmark's NetVLAD (vectorised), then FC -> L2 when fc_output_dim (issue 39)."""
+
+  def __init__(self, clusters: int, dim: int, fc_output_dim: int = 0):
+    super().__init__()
+    self.conv = nn.Conv2d(dim, clusters, 1, bias=False)
+    self.centroids = nn.Parameter(torch.rand(clusters, dim))
+    self.fc = nn.Linear(clusters * dim, fc_output_dim) if fc_output_dim else None
+
+  def forward(self, x):
+    n, d = x.shape[:2]
+    x = F.normalize(x, dim=1)
+    a = F.softmax(self.conv(x).view(n, self.centroids.shape[0], -1), dim=1)   # (N, K, HW)
+    x = x.view(n, d, -1)
+    v = torch.einsum("nkt,ndt->nkd", a, x) - a.sum(-1)[..., None] * self.centroids
+    v = F.normalize(F.normalize(v, dim=2).flatten(1), dim=1)
+    return F.normalize(self.fc(v), dim=1) if self.fc is not None else v
+
+
+class CCTBlock(nn.Module):
+  """CCT's TransformerEncoderLayer: x + proj(attn(pre_norm(x))), norm1, x + MLP."""
+
+  def __init__(self, dim, heads, hidden):
+    super().__init__()
+    self.heads = heads
+    self.pre_norm, self.norm1 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+    self.qkv, self.proj = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim)
+    self.linear1, self.linear2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+  def forward(self, x):
+    b, t, c = x.shape
+    q, k, v = self.qkv(self.pre_norm(x)).reshape(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+    att = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).softmax(-1)
+    x = self.norm1(x + self.proj((att @ v).transpose(1, 2).reshape(b, t, c)))
+    return x + self.linear2(F.gelu(self.linear1(x)))
+
+
+class CCTSeqPool(nn.Module):
+  """The original's CCT (tokenizer without conv bias, fixed positional embedding) with
+  sequence pooling, then FC -> L2 when fc_output_dim."""
+
+  def __init__(self, img_size=384, dim=384, depth=14, heads=6, mlp_ratio=3.0,
+               fc_output_dim=0):
+    super().__init__()
+    conv = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 7, 2, 3, bias=False), nn.ReLU(),
+                                      nn.MaxPool2d(3, 2, 1))
+    self.tokenizer = nn.Sequential(conv(3, 64), conv(64, dim))
+    side = img_size
+    for _ in range(4):
+      side = (side - 1) // 2 + 1
+    self.positional_emb = nn.Parameter(torch.randn(1, side * side, dim) * 0.02)
+    self.blocks = nn.Sequential(*[CCTBlock(dim, heads, int(dim * mlp_ratio))
+                                  for _ in range(depth)])
+    self.norm = nn.LayerNorm(dim)
+    self.attention_pool = nn.Linear(dim, 1)
+    self.fc = nn.Linear(dim, fc_output_dim) if fc_output_dim else None
+
+  def forward(self, x):
+    x = self.tokenizer(x).flatten(2).transpose(1, 2) + self.positional_emb
+    x = self.norm(self.blocks(x))
+    x = (F.softmax(self.attention_pool(x), dim=1) * x).sum(1)
+    return F.normalize(self.fc(x), dim=1) if self.fc is not None else x
+
+
+class StageOneZoo(nn.Module):
+  """A stage-1 network of the rest of the zoo (VGG16 + NetVLAD + FC, or CCT + SeqPool +
+  FC), then the VICReg projector."""
+
+  def __init__(self, net: str, fc_output_dim=1024, projection_size=4096, width=64,
+               clusters=64, cct=None):
+    super().__init__()
+    if net == "vgg16_netvlad":
+      self.net = nn.Sequential(vgg16_features(width), NetVLAD(clusters, 512 * width // 64,
+                                                              fc_output_dim))
+    else:
+      self.net = CCTSeqPool(fc_output_dim=fc_output_dim, **(cct or {}))
+    self.projector = nn.Sequential(nn.Linear(fc_output_dim, projection_size, bias=False),
+                                   nn.BatchNorm1d(projection_size), nn.ReLU(inplace=True),
+                                   nn.Linear(projection_size, projection_size, bias=False))
+
+  def forward(self, x):
+    return self.projector(self.net(x))
+
+
 def make_step(depth=50, width=64, fc_output_dim=1024, projection_size=4096, lr=1e-5,
-              dtype: str = "float32", deit: dict | None = None, triplet_negatives: int = 0):
+              dtype: str = "float32", deit: dict | None = None, triplet_negatives: int = 0,
+              zoo: dict | None = None):
   """A function (view1, view2) -> loss doing the original's optimizer step (NCHW tensors):
   ResNet `depth` (+ GeM + FC), or with `deit` = {"image_size", "embed_dim", "depth",
   "num_heads"} the DeiT.
@@ -295,7 +392,10 @@ def make_step(depth=50, width=64, fc_output_dim=1024, projection_size=4096, lr=1
   bfloat16 runs the forward under CPU autocast (the usual PyTorch mixed precision)."""
   if triplet_negatives:
     return _triplet_step(depth, width, fc_output_dim, lr, triplet_negatives)
-  if deit:
+  if zoo:  # {"net": "vgg16_netvlad" | "cct384_seqpool", ...}
+    model = StageOneZoo(fc_output_dim=fc_output_dim, projection_size=projection_size,
+                        width=width, **zoo).train()
+  elif deit:
     model = StageOneDeiT(fc_output_dim=fc_output_dim, projection_size=projection_size,
                          **deit).train()
   else:

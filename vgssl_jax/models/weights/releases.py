@@ -10,6 +10,16 @@ their official key layouts (read without torch, executing nothing from the file)
   MixVPR    resnet50_MixVPR_4096_...ckpt      backbone.model.<torchvision ResNet-50 without
                                               layer4>, aggregator.<MixVPR>
 
+and the original's off-the-shelf networks (`--off_the_shelf`, ResNet-50/101 + GeM + FC 2048,
+the pooled vector L2-normalised before the FC):
+
+  cirtorch  rSfM120k-tl-resnet50-gem-w-*.pth,  features.<ResNet as Sequential 0, 1, 4..7>,
+  (Radenović) gl18-tl-resnet101-gem-w-*.pth ...  pool.p, whiten.{weight,bias}
+  Naver     Resnet50-AP-GeM.pt,                module.<torchvision ResNet>, module.adpool.p,
+            Resnet-101-AP-GeM.pt               module.fc.{weight,bias} (module.last_linear.*
+                                               is the same layer again; DataParallel's
+                                               `module.` is dropped when the file is read)
+
 A release is recognised by its keys; the config must describe its network (configs/
 salad_dinov2.py, megaloc.py, boq_dinov2.py, boq_resnet50.py, mixvpr_resnet50.py): another
 backbone or aggregation is refused naming the config to use, missing or extra tensors are
@@ -43,6 +53,11 @@ def _dinov2(state: State, target: dict) -> State:
   return state
 
 
+def _off_the_shelf(model_config) -> bool:
+  """cirtorch's and Naver's GeM networks: L2 after the pooling, an FC to 2048."""
+  return model_config.l2 == "after_pool" and model_config.fc_output_dim == 2048
+
+
 @dataclasses.dataclass(frozen=True)
 class Release:
   name: str
@@ -59,11 +74,15 @@ class Release:
   # (state in our names, target variables) -> the state completed and checked (DINOv2:
   # the mask token some releases lack; the position grid)
   prepare: Callable[[State, dict], State] = lambda state, target: state
+  # official keys that repeat another tensor of the file (Naver's last_linear = fc)
+  skip: tuple[str, ...] = ()
 
   def recognises(self, state: State) -> bool:
     return self.marker in state
 
   def to_ours(self, key: str) -> str | None:
+    if key.startswith(self.skip):
+      return None
     for official, ours in self.prefixes.items():
       if key.startswith(official):
         rest = key[len(official):]
@@ -95,6 +114,19 @@ RELEASES: tuple[Release, ...] = (
     Release("MixVPR", "configs/mixvpr_resnet50.py", "resnet", "mixvpr",
             "aggregator.mix.0.mix.0.weight",
             {"backbone.model.": "backbone.", "aggregator.": "aggregation."}),
+    # the original's --off_the_shelf networks (configs/off_the_shelf.py)
+    Release("cirtorch (Radenović) off-the-shelf", "configs/off_the_shelf.py", "resnet", "gem",
+            "whiten.weight",
+            {"features.": "backbone.", "pool.": "aggregation.gem.", "whiten.": "aggregation.fc."},
+            backbone_names=renamed(_SEQUENTIAL),
+            backbone_official=renamed(tuple((ours, theirs) for theirs, ours in _SEQUENTIAL)),
+            fits=_off_the_shelf),
+    # (the file's DataParallel `module.` prefix is gone once read: files.unwrap_state)
+    Release("Naver AP-GeM off-the-shelf", "configs/off_the_shelf.py", "resnet", "gem",
+            "adpool.p",
+            {"adpool.": "aggregation.gem.", "fc.": "aggregation.fc.", "conv1.": "backbone.conv1.",
+             "bn1.": "backbone.bn1.", "layer": "backbone.layer"},
+            fits=_off_the_shelf, skip=("last_linear.",)),
 )
 
 
