@@ -29,14 +29,15 @@ def test_user_settings_and_opt_out_win(monkeypatch):
 def test_train_step_options_only_for_bottleneck_resnets_on_cpu(monkeypatch):
   monkeypatch.delenv("VGSSL_CPU_TUNING", raising=False)
   monkeypatch.delenv("XLA_FLAGS", raising=False)
-  assert cpu_env.train_step_compiler_options(True, "cpu") == cpu_env.ONEDNN_DOTS
-  assert cpu_env.train_step_compiler_options(False, "cpu") is None  # attention: YNNPACK
-  assert cpu_env.train_step_compiler_options(True, "gpu") is None
+  assert cpu_env.train_step_compiler_options("onednn_dots", "cpu") == cpu_env.ONEDNN_DOTS
+  assert cpu_env.train_step_compiler_options("xla_convolutions", "cpu") == cpu_env.XLA_CONVOLUTIONS
+  assert cpu_env.train_step_compiler_options("", "cpu") is None  # attention: YNNPACK
+  assert cpu_env.train_step_compiler_options("onednn_dots", "gpu") is None
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=eltwise")
-  assert cpu_env.train_step_compiler_options(True, "cpu") is None  # the user's choice wins
+  assert cpu_env.train_step_compiler_options("onednn_dots", "cpu") is None  # the user's wins
   monkeypatch.delenv("XLA_FLAGS")
   monkeypatch.setenv("VGSSL_CPU_TUNING", "0")
-  assert cpu_env.train_step_compiler_options(True, "cpu") is None
+  assert cpu_env.train_step_compiler_options("onednn_dots", "cpu") is None
 
 
 def test_the_step_gets_the_options_by_its_network(monkeypatch):
@@ -58,6 +59,7 @@ def test_the_step_gets_the_options_by_its_network(monkeypatch):
     return step_compiler_options(build_objective(c).model, platform)
   assert options("resnet50conv5") == cpu_env.ONEDNN_DOTS
   assert options("resnet101conv4") == cpu_env.ONEDNN_DOTS
+  assert options("vgg16") == cpu_env.XLA_CONVOLUTIONS
   assert options("resnet50conv5", "gpu") is None
   assert options("resnet18conv4") is None  # no 1x1 products to speak of; keeps the cache
   assert options("deit") is None

@@ -78,12 +78,20 @@ def apply() -> None:
   os.execv(sys.executable, list(getattr(sys, "orig_argv", [sys.executable, *sys.argv])))
 
 
-def train_step_compiler_options(wanted_by_network: bool, platform: str) -> dict | None:
-  """XLA options for the training step's `jax.jit` (None: XLA's defaults). Only on CPU for
-  networks that want them (bottleneck ResNets without attention), and not when the user
-  turned the CPU defaults off or chose XLA's CPU library fusions in XLA_FLAGS."""
+# XLA's own convolutions, no YNNPACK library fusions: VGG16's 3x3 convolutions on large
+# maps (VICReg step, 112x112, 8 pairs, one process: 2.8 against 5.4-6.3 s per step), CCT's
+# 7x7 tokenizer (384x384, 4 pairs: 8.5-8.7 against 9.9-11.0 s); no gain for ResNet-50)
+XLA_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# the option sets a network may ask for by name (models.backbones: a family's `cpu_step`)
+STEP_OPTIONS = {"onednn_dots": ONEDNN_DOTS, "xla_convolutions": XLA_CONVOLUTIONS}
+
+
+def train_step_compiler_options(wanted_by_network: str, platform: str) -> dict | None:
+  """XLA options for the training step's `jax.jit` (None: XLA's defaults): the set the
+  network names (STEP_OPTIONS; "" none), only on CPU, and not when the user turned the CPU
+  defaults off or chose XLA's CPU library fusions in XLA_FLAGS."""
   flags = os.environ.get("XLA_FLAGS", "")
   if (platform != "cpu" or not wanted_by_network or os.environ.get("VGSSL_CPU_TUNING", "1") == "0"
       or "ynn_fusion_type" in flags or "onednn" in flags):
     return None
-  return dict(ONEDNN_DOTS)
+  return dict(STEP_OPTIONS[wanted_by_network])

@@ -63,8 +63,9 @@ class BackboneFamily:
   local_tokens: LocalTokens | None = None
   # (model config, aggregation spec) -> None; ValueError when it cannot give local tokens
   check_local: Callable[..., None] = _no_check
-  # (build arguments) -> whether its CPU training step wants oneDNN's matrix products
-  cpu_dots: Callable[..., bool] = lambda **args: False
+  # (build arguments) -> the XLA option set its CPU training step wants (cpu_env.STEP_OPTIONS:
+  # "onednn_dots", "xla_convolutions"; "" none)
+  cpu_step: Callable[..., str] = lambda **args: ""
   # a checkpoint's recorded `model` settings of an older version -> today's
   upgrade: Callable[[dict], dict] = _same
   # parameter paths renamed since older checkpoints: (old "a.b.", new "c.d.") prefixes
@@ -128,7 +129,7 @@ RESNET = BackboneFamily(
     token_grid=_resnet_token_grid, local_tokens=_resnet_local_tokens,
     check_local=_resnet_check_local,
     # bottleneck ResNets' 1x1 convolutions are matrix products (cpu_env)
-    cpu_dots=lambda depth, last_stage: depth >= 50)
+    cpu_step=lambda depth, last_stage: "onednn_dots" if depth >= 50 else "")
 
 
 # ----------------------------------------------------------------------------- DeiT
@@ -262,7 +263,8 @@ PLAIN_CNN = BackboneFamily(
             "alexnet-owt-7be5be79.pth)",
     original=OriginalNames("a VGG16 / AlexNet", _is_plain_state), check=_check_plain,
     keys=("model.width",),
-    frozen=lambda mc, arch: () if mc.unfreeze else vgg.FROZEN[arch])
+    frozen=lambda mc, arch: () if mc.unfreeze else vgg.FROZEN[arch],
+    cpu_step=lambda arch: "xla_convolutions")
 
 
 # ----------------------------------------------------------------------------- CCT and ViT
@@ -319,7 +321,8 @@ CCT = BackboneFamily(
     check=_check_cct, keys=("model.cct.", "model.trunc_te", "model.freeze_te"),
     frozen=lambda mc: _frozen_blocks(
         mc, mc.cct.depth, "classifier/blocks",
-        ("tokenizer", "classifier/positional_emb", "classifier/norm")))
+        ("tokenizer", "classifier/positional_emb", "classifier/norm")),
+    cpu_step=lambda: "xla_convolutions")
 
 
 def _check_vit(mc, image_size):
@@ -420,10 +423,10 @@ def build_backbone(model_config, dtype: Dtype, image_size: tuple[int, int]) -> n
   return fam.build(model_config, dtype, image_size, **args)
 
 
-def cpu_dots(model_config) -> bool:
-  """Whether the backbone's CPU training step wants oneDNN's matrix products."""
+def cpu_step(model_config) -> str:
+  """The XLA option set the backbone's CPU training step wants ("" none)."""
   fam, args = family(model_config.backbone)
-  return fam.cpu_dots(**args)
+  return fam.cpu_step(**args)
 
 
 def check_pretrained(model_config, abstract_variables: dict, image_size) -> None:

@@ -38,7 +38,7 @@ class GeoLocalizationNet(nn.Module):
   the image's local tokens (`local_tokens`, the backbone family's), and `rerank` scores
   (query, candidate) pairs. The local head's input is detached unless `finetune` (the
   original's --finetune), so only it and the R2Former learn from the re-ranking loss.
-  `cpu_dots`: the training step of this network wants oneDNN's matrix products on CPU.
+  `cpu_step`: the XLA option set its CPU training step wants (cpu_env.STEP_OPTIONS).
   """
   backbone: nn.Module
   aggregation: nn.Module
@@ -50,7 +50,7 @@ class GeoLocalizationNet(nn.Module):
   num_local: int = 500
   finetune: bool = False
   local_tokens: Callable | None = None   # backbones.LocalTokens of the family
-  cpu_dots: bool = False
+  cpu_step: str = ""
   non_local: NonLocalBlock | None = None  # the original's --non_local: one block, applied
   num_non_local: int = 1                  # num_non_local times (its blocks share weights)
 
@@ -126,10 +126,10 @@ def build_model(model_config, projector_family: str, image_size) -> GeoLocalizat
                  Reranker=R2Former(mc.num_local), num_local=mc.num_local,
                  finetune=bool(mc.finetune), local_tokens=fam.local_tokens)
   # the R2Former's attention is slower with oneDNN's products (cpu_env)
-  cpu_dots = backbones.cpu_dots(mc) and not mc.local_dim
+  cpu_step = "" if mc.local_dim else backbones.cpu_step(mc)
   non_local = dict(non_local=NonLocalBlock(mc.channel_bottleneck, dtype, name="non_local"),
                    num_non_local=mc.num_non_local) if mc.non_local else {}
-  return GeoLocalizationNet(backbone, aggregation, projector, size, dtype, cpu_dots=cpu_dots,
+  return GeoLocalizationNet(backbone, aggregation, projector, size, dtype, cpu_step=cpu_step,
                             **local, **non_local)
 
 

@@ -116,7 +116,7 @@ def step_compiler_options(model, platform: str) -> dict | None:
   backbone family asks for them (bottleneck ResNets: their 1x1 convolutions are matrix
   products), never with the R2Former's attention (cpu_env.train_step_compiler_options);
   None otherwise."""
-  return cpu_env.train_step_compiler_options(model.cpu_dots, platform)
+  return cpu_env.train_step_compiler_options(model.cpu_step, platform)
 
 
 def jit_train_step(objective: Objective, tx: optax.GradientTransformation, mesh: Mesh,
