@@ -292,12 +292,18 @@ def _frozen_blocks(mc, depth: int, blocks: str, others: tuple[str, ...]) -> tupl
   return others + tuple(f"{blocks}/{i}" for i in range(min(mc.freeze_te + 1, kept)))
 
 
-def _check_cct(mc, image_size):
-  c = mc.cct
+def _check_transformer(mc, section: str) -> None:
+  """model.<section>'s sizes and model.trunc_te / freeze_te against its depth."""
+  c = mc[section]
   _check_trunc_freeze(mc, c.depth)
   if c.embed_dim % c.num_heads or min(c.embed_dim, c.depth, c.num_heads) < 1:
-    raise ValueError(f"model.cct.embed_dim={c.embed_dim} must be a positive multiple of "
-                     f"model.cct.num_heads={c.num_heads}")
+    raise ValueError(f"model.{section}.embed_dim={c.embed_dim} must be a positive multiple of "
+                     f"model.{section}.num_heads={c.num_heads}")
+
+
+def _check_cct(mc, image_size):
+  c = mc.cct
+  _check_transformer(mc, "cct")
   if tuple(image_size) != (c.img_size, c.img_size):
     raise ValueError(f"data.image_size={image_size[0]},{image_size[1]}: CCT's position "
                      f"embedding is made for {c.img_size}x{c.img_size} images (the original "
@@ -326,11 +332,7 @@ CCT = BackboneFamily(
 
 
 def _check_vit(mc, image_size):
-  v = mc.hf_vit
-  _check_trunc_freeze(mc, v.depth)
-  if v.embed_dim % v.num_heads or min(v.embed_dim, v.depth, v.num_heads) < 1:
-    raise ValueError(f"model.hf_vit.embed_dim={v.embed_dim} must be a positive multiple of "
-                     f"model.hf_vit.num_heads={v.num_heads}")
+  _check_transformer(mc, "hf_vit")
   h, w = image_size
   if h != w or h not in hf_vit.SIZES:
     raise ValueError(f"data.image_size={h},{w}: the original's ViT is "

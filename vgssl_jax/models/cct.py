@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from vgssl_jax.models.deit import attention, gelu, trunc_normal
 from vgssl_jax.models.features import Features
-from vgssl_jax.models.layers import Conv, Dense, Dtype
+from vgssl_jax.models.layers import Conv, Dense, Dtype, Numbered
 
 STRIDE = 16  # two (conv stride 2, pool stride 2) stages
 
@@ -57,17 +57,6 @@ class _ConvLayer(nn.Module):
     return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
 
 
-class _ConvLayers(nn.Module):
-  embed_dim: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for i, out in enumerate((64, self.embed_dim)):
-      x = _ConvLayer(out, self.dtype, name=str(i))(x)
-    return x
-
-
 class Tokenizer(nn.Module):
   """(N, S, S, 3) -> (N, S/16, S/16, D) token grid."""
   embed_dim: int
@@ -75,7 +64,9 @@ class Tokenizer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return _ConvLayers(self.embed_dim, self.dtype, name="conv_layers")(x)
+    widths = (64, self.embed_dim)
+    return Numbered(lambda i, name: _ConvLayer(widths[i], self.dtype, name=name), len(widths),
+                    name="conv_layers")(x)
 
 
 class SelfAttention(nn.Module):
@@ -111,20 +102,6 @@ class EncoderBlock(nn.Module):
     return x + Dense(self.dim, name="linear2", **init)(h)
 
 
-class _Blocks(nn.Module):
-  depth: int
-  dim: int
-  num_heads: int
-  hidden: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for i in range(self.depth):
-      x = EncoderBlock(self.dim, self.num_heads, self.hidden, self.dtype, name=str(i))(x)
-    return x
-
-
 class Classifier(nn.Module):
   """CCT's TransformerClassifier without its head: + positional_emb, blocks, norm."""
   depth: int
@@ -138,7 +115,8 @@ class Classifier(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     pos = self.param("positional_emb", trunc_normal, (1, self.tokens, self.dim), jnp.float32)
     x = x + pos.astype(x.dtype)
-    x = _Blocks(self.depth, self.dim, self.num_heads, self.hidden, self.dtype, name="blocks")(x)
+    x = Numbered(lambda i, name: EncoderBlock(self.dim, self.num_heads, self.hidden, self.dtype,
+                                              name=name), self.depth, name="blocks")(x)
     return _norm("norm")(x)
 
 

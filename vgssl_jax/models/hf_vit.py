@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from vgssl_jax.models.deit import PatchProjection, attention, gelu, trunc_normal
 from vgssl_jax.models.features import Features
-from vgssl_jax.models.layers import Dense, Dtype
+from vgssl_jax.models.layers import Dense, Dtype, Numbered
 
 PATCH = 16
 SIZES = (224, 384)  # the two checkpoints the original loads
@@ -115,20 +115,6 @@ class Layer(nn.Module):
     return x + _Output(self.dim, self.dtype, name="output")(h)
 
 
-class _Layers(nn.Module):
-  depth: int
-  dim: int
-  num_heads: int
-  hidden: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for i in range(self.depth):
-      x = Layer(self.dim, self.num_heads, self.hidden, self.dtype, name=str(i))(x)
-    return x
-
-
 class _Encoder(nn.Module):
   depth: int
   dim: int
@@ -138,8 +124,8 @@ class _Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return _Layers(self.depth, self.dim, self.num_heads, self.hidden, self.dtype,
-                   name="layer")(x)
+    return Numbered(lambda i, name: Layer(self.dim, self.num_heads, self.hidden, self.dtype,
+                                          name=name), self.depth, name="layer")(x)
 
 
 class HFViT(nn.Module):

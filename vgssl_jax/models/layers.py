@@ -120,6 +120,19 @@ class BatchNorm(nn.Module):
     return (x.astype(jnp.float32) * mul + add).astype(self.dtype)
 
 
+class Numbered(nn.Module):
+  """Children named "0", "1", ... (a PyTorch Sequential's or ModuleList's names), made by
+  `make(i, name)` and applied in turn."""
+  make: Any
+  count: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i in range(self.count):
+      x = self.make(i, str(i))(x)
+    return x
+
+
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   """F.normalize: x / max(||x||, eps), computed in float32."""
   xf = x.astype(jnp.float32)
