@@ -374,3 +374,60 @@ def test_every_zoo_backbone_trains_and_evaluates_through_main(backbone, tiny_roo
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.load(open(os.path.join(workdir, "results.json")))["after"]["synthetic"]
   assert 0 <= r["recall@1"] <= r["recall@5"] <= 100
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "alexnet", "cct384", "vit"])
+def test_pretrained_files_in_the_layouts_the_original_loads(backbone, tmp_path):
+  """torchvision VGG16 / AlexNet (`features.*` + `classifier.*`), the CCT release
+  (`tokenizer.*`, `classifier.*` with its ImageNet `fc` and blocks beyond trunc_te) and a HF
+  ViTForImageClassification file (`vit.*`, pooler, classifier, layers beyond trunc_te),
+  written from a network (made in the test) and loaded as model.pretrained."""
+  from tests import torch_files  # pylint: disable=import-outside-toplevel
+  from vgssl_jax.models.network import init_variables  # pylint: disable=import-outside-toplevel
+  c = base_config()
+  m = c.model
+  m.backbone, m.width, m.fc_output_dim, m.n_layers = backbone, 8, 0, 0
+  size = (64, 64)
+  if backbone == "cct384":
+    m.cct.update({"embed_dim": 16, "depth": 3, "num_heads": 2, "img_size": 64})
+    m.aggregation, m.trunc_te = "seqpool", 2
+  if backbone == "vit":
+    m.hf_vit.update({"embed_dim": 16, "depth": 3, "num_heads": 2})
+    m.trunc_te, size = 2, (224, 224)
+  net = build_model(m, None, size)
+  source = jax.device_get(init_variables(net, jax.random.PRNGKey(5), size))
+  ours = to_torch_state(source["params"])
+  rng = np.random.default_rng(0)
+  if backbone in ("vgg16", "alexnet"):
+    state = {"features." + k[len("backbone."):]: v for k, v in ours.items()}
+    state["classifier.6.weight"] = rng.normal(size=(10, 4)).astype(np.float32)
+  elif backbone == "cct384":
+    state = {k[len("backbone."):]: v for k, v in ours.items() if k.startswith("backbone.")}
+    state.update({"classifier." + k[len("aggregation."):]: v for k, v in ours.items()
+                  if k.startswith("aggregation.attention_pool.")})
+    state["classifier.fc.weight"] = rng.normal(size=(10, 16)).astype(np.float32)
+    state["classifier.blocks.2.linear1.weight"] = rng.normal(size=(48, 16)).astype(np.float32)
+  else:
+    state = {"vit." + k[len("backbone."):]: v for k, v in ours.items()}
+    state["vit.pooler.dense.weight"] = rng.normal(size=(16, 16)).astype(np.float32)
+    state["classifier.weight"] = rng.normal(size=(10, 16)).astype(np.float32)
+    state["vit.encoder.layer.2.output.dense.bias"] = np.zeros(16, np.float32)
+  path = str(tmp_path / "weights.pth")
+  torch_files.save(state, path)
+  m.pretrained = path
+  target = jax.device_get(init_variables(net, jax.random.PRNGKey(6), size))
+  loaded = backbones.load_pretrained(m, target, size)
+  for part in ("backbone",) + (("aggregation",) if backbone == "cct384" else ()):
+    for a, b in zip(jax.tree.leaves(loaded["params"][part]), jax.tree.leaves(source["params"][part])):
+      np.testing.assert_array_equal(a, b)
+  m.pretrained = ""
+  other = {"vgg16": "alexnet", "alexnet": "vgg16", "cct384": "vit", "vit": "cct384"}[backbone]
+  with pytest.raises(ConfigError):  # another family's file: refused, naming the problem
+    c2 = base_config().model
+    c2.update({"backbone": other, "width": 8, "fc_output_dim": 0, "n_layers": 0,
+               "pretrained": path})
+    c2.cct.update({"embed_dim": 16, "depth": 2, "num_heads": 2, "img_size": 64})
+    c2.hf_vit.update({"embed_dim": 16, "depth": 2, "num_heads": 2})
+    s2 = (224, 224) if other == "vit" else (64, 64)
+    net2 = build_model(c2, None, s2)
+    backbones.load_pretrained(c2, jax.device_get(init_variables(net2, jax.random.PRNGKey(0), s2)), s2)
