@@ -135,3 +135,13 @@ def test_todays_recipes_validate_and_hold_the_authors_settings(name):
         "resnet50conv4", False, (320, 320))
     assert (c.train.optimizer, c.train.lr, c.train.warmup_steps, c.train.lr_gamma) == (
         "sgd", 0.05, 650, 0.3)
+
+
+def test_an_evaluation_size_the_aggregation_cannot_take_is_refused():
+  from vgssl_jax.checks import validate
+  c = load("mixvpr_gsv")
+  c.eval.image_size = (384, 384)   # MixVPR's mixers are sized for the 320x320 map
+  with pytest.raises(ConfigError, match="eval.image_size gives a 24x24 map.*mixvpr.*20x20"):
+    validate(c)
+  c = load("salad_gsv")            # SALAD takes any size: 224 training, 322 evaluation
+  validate(c)

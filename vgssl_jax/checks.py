@@ -81,7 +81,10 @@ def validate(c: ml_collections.ConfigDict, purpose: str = "train") -> None:
   fam, _ = _component(backbones.family, mc.backbone, settings="model.backbone")
   _component(backbones.check, mc, size)
   if data_config.eval_image_size(c) != size:
-    _component(backbones.check, mc, data_config.eval_image_size(c), settings="eval.image_size")
+    eval_size = data_config.eval_image_size(c)
+    _component(backbones.check, mc, eval_size, settings="eval.image_size")
+    _component(aggregations.check_other_size, mc, _component(backbones.shapes, mc, size),
+               _component(backbones.shapes, mc, eval_size), "eval.image_size")
   shapes = _component(backbones.shapes, mc, size)
   agg = _component(aggregations.check_pair, mc, shapes)
   _component(check_non_local, mc, shapes)

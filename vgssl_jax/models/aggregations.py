@@ -47,6 +47,8 @@ class AggregationSpec:
   on_sequence: bool = True
   # (model config) -> its parameter paths that do not learn (CRN's acc_w, as the original)
   frozen: Callable[..., tuple[str, ...]] = lambda mc: ()
+  # its parameters are sized for the training map's grid (MixVPR): no other input size
+  fixed_grid: bool = False
 
 
 def _check_l2(mc, shapes) -> None:
@@ -242,7 +244,7 @@ AGGREGATIONS: dict[str, AggregationSpec] = {
         size=lambda mc, shapes: mc.mixvpr.out_channels * mc.mixvpr.out_rows,
         description="MixVPR: feature mixers over the map's positions (out_channels x out_rows; "
                     "the training image size only)",
-        keys=("model.mixvpr.",), check=_check_mixvpr),
+        keys=("model.mixvpr.",), check=_check_mixvpr, fixed_grid=True),
 }
 
 
@@ -276,6 +278,17 @@ def check_pair(model_config, shapes: FeatureShapes) -> AggregationSpec:
                      f"{', '.join(n for n in fitting(shapes) if AGGREGATIONS[n].on_sequence)}")
   agg.check(mc, shapes)
   return agg
+
+
+def check_other_size(model_config, shapes: FeatureShapes, other: FeatureShapes,
+                     setting: str) -> None:
+  """ValueError when the aggregation cannot take inputs of another size than it was built
+  for (`other`, e.g. eval.image_size's)."""
+  agg = check_pair(model_config, other)
+  if agg.fixed_grid and other.map_hw != shapes.map_hw:
+    raise ValueError(f"{setting} gives a {other.map_hw[0]}x{other.map_hw[1]} map, but "
+                     f"model.aggregation={agg.name} is sized for the training images' "
+                     f"{shapes.map_hw[0]}x{shapes.map_hw[1]}: evaluate at data.image_size")
 
 
 def frozen_modules(model_config) -> tuple[str, ...]:
