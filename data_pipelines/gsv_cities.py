@@ -195,13 +195,12 @@ def load_gsv_cities(folder: str, cities="all", min_img_per_place: int = 4,
   kept = np.flatnonzero(keep)
   # places in the order of their first row (city order, then CSV order)
   kept = kept[np.argsort(first[kept], kind="stable")]
-  used_rows = np.sort(np.concatenate([rows_of[bounds[p]:bounds[p + 1]] for p in kept])
-                      if len(kept) else np.zeros(0, np.int64))
+  rows = [rows_of[bounds[p]:bounds[p + 1]] for p in kept]   # each kept place's rows
+  used_rows = np.sort(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
   new_index = np.full(len(paths), -1, np.int64)
   new_index[used_rows] = np.arange(len(used_rows))
   result = GSVCities(folder, tuple(names), [paths[r] for r in used_rows], unique[kept],
-                     [new_index[rows_of[bounds[p]:bounds[p + 1]]] for p in kept],
-                     city_of_row[first[kept]], skipped)
+                     [new_index[r] for r in rows], city_of_row[first[kept]], skipped)
   if skipped.malformed_rows or skipped.missing_images or skipped.small_places:
     logging.warning("GSV-Cities %s: left out %s", folder, skipped)
   if not result.num_places:

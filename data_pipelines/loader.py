@@ -40,6 +40,22 @@ def warn_unreadable(error: images.ImageReadError) -> None:
                   "%s", error)
 
 
+def first_readable(items: np.ndarray, index: int, load, what: str) -> dict:
+  """load(items[index]) with "skipped" = 0, or, when it meets an unreadable image, the next
+  item that loads (in epoch order, wrapping) with "skipped" = the items passed over, so that
+  training goes on and reports them; ImageReadError when none of them can be read."""
+  n = len(items)
+  for tries in range(n):
+    try:
+      out = load(items[(index + tries) % n])
+      out["skipped"] = np.int32(tries)
+      return out
+    except images.ImageReadError as e:
+      warn_unreadable(e)
+  raise images.ImageReadError(f"none of the {n} {what} of this epoch could be read; check the "
+                              "dataset files.")
+
+
 @dataclasses.dataclass(frozen=True)
 class _LoadItem(grain.transforms.Map):
   """Item number -> {"query", "positive"[, "negative"]} uint8 images and "skipped".
@@ -68,16 +84,7 @@ class _LoadItem(grain.transforms.Map):
     return out
 
   def map(self, index):
-    n = len(self.items)
-    for tries in range(n):
-      try:
-        out = self._load(self.items[(index + tries) % n])
-        out["skipped"] = np.int32(tries)
-        return out
-      except images.ImageReadError as e:
-        warn_unreadable(e)
-    raise images.ImageReadError(f"none of the {n} training items of this epoch could be read; "
-                                "check the dataset files.")
+    return first_readable(self.items, index, self._load, "training items")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,19 +148,14 @@ class _LoadPlace(grain.transforms.Map):
   epoch: int
   draft: bool = False  # JPEG DCT downscaling towards the training size (data.jpeg_draft)
 
-  def map(self, index):
-    n = len(self.items)
+  def _load(self, row) -> dict:
     draft = tuple(self.augment.size) if self.draft else None
-    for tries in range(n):
-      row = self.items[(index + tries) % n]
-      rng = np.random.default_rng([self.seed, self.epoch, int(row[0])])
-      try:
-        pixels = np.stack([self.augment(self.source.open(int(i), draft), rng) for i in row[2:]])
-        return {"images": pixels, "places": np.int32(row[1]), "skipped": np.int32(tries)}
-      except images.ImageReadError as e:
-        warn_unreadable(e)
-    raise images.ImageReadError(f"none of the {n} training places of this epoch could be read; "
-                                "check the dataset files.")
+    rng = np.random.default_rng([self.seed, self.epoch, int(row[0])])
+    pixels = np.stack([self.augment(self.source.open(int(i), draft), rng) for i in row[2:]])
+    return {"images": pixels, "places": np.int32(row[1])}
+
+  def map(self, index):
+    return first_readable(self.items, index, self._load, "training places")
 
 
 def epoch_order(num_items: int, items_per_step: int, seed: int, epoch: int) -> np.ndarray:

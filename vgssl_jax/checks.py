@@ -80,12 +80,12 @@ def validate(c: ml_collections.ConfigDict, purpose: str = "train") -> None:
   _check_schema(c)
   fam, _ = _component(backbones.family, mc.backbone, settings="model.backbone")
   _component(backbones.check, mc, size)
-  if data_config.eval_image_size(c) != size:
-    eval_size = data_config.eval_image_size(c)
-    _component(backbones.check, mc, eval_size, settings="eval.image_size")
-    _component(aggregations.check_other_size, mc, _component(backbones.shapes, mc, size),
-               _component(backbones.shapes, mc, eval_size), "eval.image_size")
   shapes = _component(backbones.shapes, mc, size)
+  eval_size = data_config.eval_image_size(c)
+  if eval_size != size:
+    _component(backbones.check, mc, eval_size, settings="eval.image_size")
+    _component(aggregations.check_other_size, mc, shapes,
+               _component(backbones.shapes, mc, eval_size), "eval.image_size")
   agg = _component(aggregations.check_pair, mc, shapes)
   _component(check_non_local, mc, shapes)
   if mc.local_dim:

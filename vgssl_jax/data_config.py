@@ -4,7 +4,7 @@ eval.database_folder / eval.queries_folder name)."""
 
 from __future__ import annotations
 
-from data_pipelines import datasets, images, loader, places, synthetic
+from data_pipelines import datasets, images, loader, places, synthetic, synthetic_gsv
 from data_pipelines.places import PlaceDataset
 from vgssl_jax.errors import ConfigError, check_choice
 
@@ -24,9 +24,17 @@ def loader_options(config, evaluation: bool = False) -> loader.LoaderOptions:
                               jpeg_draft=dc.jpeg_draft, eval_resize=dc.eval_resize)
 
 
+def _settings(cls, section):
+  """Dataclass `cls` from a config section (its lists back to the tuples it holds)."""
+  return cls(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in section.items()})
+
+
 def synthetic_config(config) -> synthetic.SyntheticConfig:
-  return synthetic.SyntheticConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
-                                      for k, v in config.data.synthetic.items()})
+  return _settings(synthetic.SyntheticConfig, config.data.synthetic)
+
+
+def synthetic_gsv_config(config) -> synthetic_gsv.SyntheticGSVConfig:
+  return _settings(synthetic_gsv.SyntheticGSVConfig, config.data.gsv.synthetic)
 
 
 def open_split(config, name: str, split: str) -> PlaceDataset:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from vgssl_jax.models import backbones, boq, crn, deit, mixvpr, pooling, rrm, salad
 from vgssl_jax.models.features import DESCRIBED, FEATURE_MAP, PREFIX, Features, FeatureShapes
-from vgssl_jax.models.layers import Dense, l2_normalize
+from vgssl_jax.models.layers import Dense, fc_then_l2
 
 
 def _no_check(model_config, shapes: FeatureShapes) -> None:
@@ -72,13 +72,6 @@ def _check_heads(mc, shapes) -> None:
                      f"backbone gives {shapes.prefix_tokens}")
 
 
-def _fc(x: jax.Array, fc_output_dim: int) -> jax.Array:
-  """The original's wrapping of an aggregation with an FC: Linear, then L2; none without."""
-  if fc_output_dim:
-    return l2_normalize(Dense(fc_output_dim, name="fc")(x))
-  return x
-
-
 class ClsToken(nn.Module):
   """The first prefix token (a ViT's CLS; CCT's first token), as the original's `cls`:
   unchanged, or through FC -> L2 when fc_output_dim > 0."""
@@ -87,7 +80,7 @@ class ClsToken(nn.Module):
   @nn.compact
   def __call__(self, features: Features, train: bool = False):
     del train
-    return _fc(features.prefix[:, 0].astype(jnp.float32), self.fc_output_dim)
+    return fc_then_l2(features.prefix[:, 0].astype(jnp.float32), self.fc_output_dim)
 
 
 class SeqPool(nn.Module):
@@ -101,7 +94,7 @@ class SeqPool(nn.Module):
     x = features.feature_map.astype(jnp.float32)
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     weights = jax.nn.softmax(Dense(1, name="attention_pool")(x), axis=1)   # (N, T, 1)
-    return _fc(jnp.sum(weights * x, axis=1), self.fc_output_dim)
+    return fc_then_l2(jnp.sum(weights * x, axis=1), self.fc_output_dim)
 
 
 class Identity(nn.Module):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from vgssl_jax.models import interpolate
 from vgssl_jax.models.features import Features
-from vgssl_jax.models.layers import Conv, Dense, l2_normalize
+from vgssl_jax.models.layers import Conv, fc_then_l2, l2_normalize
 from vgssl_jax.models.pooling import netvlad_params, vlad
 
 FILTERS = ((3, 32), (5, 32), (7, 20))
@@ -68,6 +68,4 @@ class CRN(nn.Module):
     self.sow("intermediates", "mask", mask)
     v, assign = vlad(x.reshape(n, h * w, c), centroids, kernel, weights=mask.reshape(n, h * w))
     self.sow("intermediates", "soft_assign", assign)
-    if self.fc_output_dim:
-      v = l2_normalize(Dense(self.fc_output_dim, name="fc")(v))
-    return v
+    return fc_then_l2(v, self.fc_output_dim)

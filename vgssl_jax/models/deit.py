@@ -65,10 +65,12 @@ class PatchProjection(nn.Module):
 
 class PatchEmbed(nn.Module):
   """(N, H, W, C) -> (N, H/p * W/p, D), patches in row-major order (as torch's
-  flatten(2).transpose(1, 2) of the convolution's output)."""
+  flatten(2).transpose(1, 2) of the convolution's output). `proj_name`: the convolution's
+  name (timm's "proj"; Hugging Face's "projection")."""
   embed_dim: int
   dtype: Dtype = jnp.float32
   patch: int = PATCH
+  proj_name: str = "proj"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -77,7 +79,8 @@ class PatchEmbed(nn.Module):
     gh, gw = h // p, w // p
     patches = x[:, :gh * p, :gw * p].reshape(n, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
     patches = patches.reshape(n, gh * gw, p * p * c)
-    return PatchProjection(self.embed_dim, c, self.dtype, self.patch, name="proj")(patches)
+    return PatchProjection(self.embed_dim, c, self.dtype, self.patch,
+                           name=self.proj_name)(patches)
 
 
 def _norm(name: str | None = None) -> nn.LayerNorm:

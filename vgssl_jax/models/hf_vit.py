@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vgssl_jax.models.deit import PatchProjection, attention, gelu, trunc_normal
+from vgssl_jax.models.deit import PatchEmbed, attention, gelu, trunc_normal
 from vgssl_jax.models.features import Features
 from vgssl_jax.models.layers import Dense, Dtype, Numbered
 
@@ -36,20 +36,6 @@ def _dense(features: int, name: str, dtype) -> Dense:
                bias_init=nn.initializers.zeros, name=name)
 
 
-class _Projection(nn.Module):
-  """embeddings.patch_embeddings: `projection`, the 16x16 stride-16 convolution."""
-  dim: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    n, h, w, c = x.shape
-    gh, gw = h // PATCH, w // PATCH
-    patches = x[:, :gh * PATCH, :gw * PATCH].reshape(n, gh, PATCH, gw, PATCH, c)
-    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(n, gh * gw, PATCH * PATCH * c)
-    return PatchProjection(self.dim, c, self.dtype, PATCH, name="projection")(patches)
-
-
 class Embeddings(nn.Module):
   dim: int
   tokens: int  # patches + 1
@@ -57,7 +43,7 @@ class Embeddings(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
-    x = _Projection(self.dim, self.dtype, name="patch_embeddings")(images)
+    x = PatchEmbed(self.dim, self.dtype, PATCH, "projection", name="patch_embeddings")(images)
     cls = self.param("cls_token", trunc_normal, (1, 1, self.dim), jnp.float32)
     pos = self.param("position_embeddings", trunc_normal, (1, self.tokens, self.dim),
                      jnp.float32)

@@ -138,3 +138,11 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   xf = x.astype(jnp.float32)
   norm = jnp.sqrt(jnp.sum(jnp.square(xf), axis=axis, keepdims=True))
   return xf / jnp.maximum(norm, eps)
+
+
+def fc_then_l2(x: jax.Array, fc_output_dim: int) -> jax.Array:
+  """The original's wrapping of an aggregation with `--fc_output_dim`: Linear (named "fc",
+  float32), then L2; `x` unchanged when fc_output_dim is 0. Call it inside a compact module."""
+  if not fc_output_dim:
+    return x
+  return l2_normalize(Dense(fc_output_dim, name="fc")(x))

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vgssl_jax.models.features import Features
-from vgssl_jax.models.layers import Dense, l2_normalize
+from vgssl_jax.models.layers import fc_then_l2, l2_normalize
 
 POOLINGS = ("gem", "spoc", "mac", "rmac")
 L2_MODES = ("before_pool", "after_pool", "none")
@@ -187,6 +187,4 @@ class Pooling(nn.Module):
         v = rmac(x)
       if self.l2 == "after_pool":
         v = l2_normalize(v, axis=-1)
-    if self.fc_output_dim:
-      v = l2_normalize(Dense(self.fc_output_dim, dtype=jnp.float32, name="fc")(v), axis=-1)
-    return v
+    return fc_then_l2(v, self.fc_output_dim)

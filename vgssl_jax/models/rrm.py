@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from vgssl_jax.models.features import Features
-from vgssl_jax.models.layers import Dense, l2_normalize
+from vgssl_jax.models.layers import Dense, fc_then_l2, l2_normalize
 
 
 class RRM(nn.Module):
@@ -22,7 +22,4 @@ class RRM(nn.Module):
     ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name=name)
     h = ln("ln1")(x)
     h = h + Dense(c, name="fc2")(jax.nn.relu(Dense(c, name="fc1")(h)))
-    v = l2_normalize(ln("ln2")(h))
-    if self.fc_output_dim:  # the original's FC wrapping: Linear, then L2
-      v = l2_normalize(Dense(self.fc_output_dim, name="fc")(v))
-    return v
+    return fc_then_l2(l2_normalize(ln("ln2")(h)), self.fc_output_dim)

@@ -18,22 +18,16 @@ import jax
 import numpy as np
 
 from data_pipelines import gsv_cities, loader, synthetic_gsv
+from data_pipelines.randaugment import NUM_BINS, RESAMPLE
 from vgssl_jax import data_config
 from vgssl_jax.errors import ConfigError, check_choice
-from data_pipelines.randaugment import RESAMPLE, NUM_BINS
-
-
-def synthetic_world_config(config) -> synthetic_gsv.SyntheticGSVConfig:
-  return synthetic_gsv.SyntheticGSVConfig(**{
-      k: tuple(v) if isinstance(v, (list, tuple)) else v
-      for k, v in config.data.gsv.synthetic.items()})
 
 
 def open_gsv(config) -> gsv_cities.GSVCities:
   """The GSV-Cities places data.gsv names (the synthetic world generated on first use)."""
   g = config.data.gsv
   if g.name == synthetic_gsv.NAME:
-    synthetic_gsv.ensure_world(config.data.root, g.name, synthetic_world_config(config))
+    synthetic_gsv.ensure_world(config.data.root, g.name, data_config.synthetic_gsv_config(config))
   try:
     data = gsv_cities.load_gsv_cities(os.path.join(config.data.root, g.name), g.cities,
                                       g.min_img_per_place)

@@ -112,10 +112,10 @@ def train_step(state: TrainState, batch: dict, *, objective: Objective,
 
 
 def step_compiler_options(model, platform: str) -> dict | None:
-  """XLA options of the step's jit: oneDNN's matrix products on CPU for networks whose
-  backbone family asks for them (bottleneck ResNets: their 1x1 convolutions are matrix
-  products), never with the R2Former's attention (cpu_env.train_step_compiler_options);
-  None otherwise."""
+  """XLA options of the step's jit on CPU: the option set the network's backbone family
+  names (cpu_env.STEP_OPTIONS: oneDNN's matrix products for bottleneck ResNets, XLA's own
+  convolutions for VGG16/AlexNet and CCT), none with the R2Former's attention; None
+  otherwise."""
   return cpu_env.train_step_compiler_options(model.cpu_step, platform)
 
 
