@@ -127,14 +127,14 @@ class GSVCities:
                                 rng.integers(len(imgs), size=k - len(imgs))])]
 
 
-def _read_city(folder: str, city: str, index: int, skipped: Skipped, check_files: bool):
+def _read_city(folder: str, city: str, index: int, skipped: Skipped):
   """(place ids, image paths) of one city's CSV rows, in file order."""
   path = os.path.join(folder, "Dataframes", f"{city}.csv")
   if not os.path.isfile(path):
     raise GSVCitiesError(f"{path} is missing: city {city!r} is not in {folder} (its cities: "
                          f"{', '.join(list_cities(folder)) or 'none'}); fix data.gsv.cities.")
   image_dir = os.path.join(folder, "Images", city)
-  present = set(os.listdir(image_dir)) if check_files and os.path.isdir(image_dir) else None
+  present = set(os.listdir(image_dir)) if os.path.isdir(image_dir) else set()
   ids, paths = [], []
   with open(path, newline="") as f:
     reader = csv.DictReader(f)
@@ -154,7 +154,7 @@ def _read_city(folder: str, city: str, index: int, skipped: Skipped, check_files
       except (ValueError, TypeError):
         skipped.malformed_rows += 1
         continue
-      if present is not None and name not in present:
+      if name not in present:
         skipped.missing_images += 1
         continue
       ids.append(place + index * CITY_OFFSET)
@@ -162,8 +162,7 @@ def _read_city(folder: str, city: str, index: int, skipped: Skipped, check_files
   return ids, paths
 
 
-def load_gsv_cities(folder: str, cities="all", min_img_per_place: int = 4,
-                    check_files: bool = True) -> GSVCities:
+def load_gsv_cities(folder: str, cities="all", min_img_per_place: int = 4) -> GSVCities:
   """The places of `cities` ("all", a comma-separated string or a list) in `folder`."""
   if not os.path.isdir(folder):
     raise GSVCitiesError(f"GSV-Cities folder {folder} does not exist; set data.root and "
@@ -179,7 +178,7 @@ def load_gsv_cities(folder: str, cities="all", min_img_per_place: int = 4,
   skipped = Skipped()
   place_ids, paths, city_of_row = [], [], []
   for i, city in enumerate(names):
-    ids, city_paths = _read_city(folder, city, i, skipped, check_files)
+    ids, city_paths = _read_city(folder, city, i, skipped)
     place_ids += ids
     paths += city_paths
     city_of_row += [i] * len(ids)

@@ -84,6 +84,18 @@ def test_bad_folders_and_cities_name_the_fix(gsv_folder, tmp_path):
     gsv_cities.load_gsv_cities(str(bad))
 
 
+def test_a_city_without_its_image_folder_counts_every_image_missing(tmp_path):
+  folder = str(tmp_path / "gsv")
+  write_city(folder, "Alpha", [4, 4])
+  write_city(folder, "Beta", [4])
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.rmtree(os.path.join(folder, "Images", "Beta"))
+  data = gsv_cities.load_gsv_cities(folder)
+  assert data.num_places == 2 and data.skipped.missing_images == 4
+  with pytest.raises(gsv_cities.GSVCitiesError, match="no place"):
+    gsv_cities.load_gsv_cities(folder, "Beta")
+
+
 def test_an_epoch_visits_every_place_once_city_by_city(gsv_folder):
   data = gsv_cities.load_gsv_cities(gsv_folder[0])
   orders = [data.epoch_places(np.random.default_rng(e)) for e in range(6)]
